@@ -1,0 +1,32 @@
+"""Type aliases shared across the package, in one axis vocabulary.
+
+Axis names: ``pre`` (presynaptic neurons), ``post`` (postsynaptic neurons), ``cap`` (row
+capacity, slots per presynaptic neuron), ``colcap`` (column capacity), ``batch``, ``time``.
+"""
+
+from typing import TYPE_CHECKING, Literal, TypeAlias
+
+from jaxtyping import Array, ArrayLike, Bool, Float, Int, PRNGKeyArray, Shaped
+
+if TYPE_CHECKING:
+    Impl: TypeAlias = Literal["auto", "xla", "pallas"]
+else:
+    Impl = str
+
+SlotInt: TypeAlias = Int[Array, "pre cap"]
+SlotBool: TypeAlias = Bool[Array, "pre cap"]
+SlotArray: TypeAlias = Shaped[Array, "pre cap"]
+
+__all__ = [
+    "Array",
+    "ArrayLike",
+    "Bool",
+    "Float",
+    "Impl",
+    "Int",
+    "PRNGKeyArray",
+    "Shaped",
+    "SlotArray",
+    "SlotBool",
+    "SlotInt",
+]
