@@ -433,3 +433,12 @@ def test_catalogue_reader_on_tfds_mock_data(monkeypatch, no_network):
         assert spikes.shape == (5, 30, 784) and spikes.dtype == np.uint8
         assert labels.dtype == np.int32 and labels.min() >= 0 and labels.max() < 10
         np.testing.assert_array_equal(spikes, next(ds.batches(5, seed=0))[0])
+
+
+def test_builders_exposed_lazily():
+    import tensorflow_datasets as tfds
+
+    assert issubclass(datasets.Shd, tfds.core.GeneratorBasedBuilder)
+    assert (datasets.Shd.name, datasets.Nmnist.name) == ("shd", "nmnist")
+    with pytest.raises(AttributeError):
+        datasets.Cifar  # noqa: B018
