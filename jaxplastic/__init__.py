@@ -2,6 +2,7 @@
 
 import importlib.metadata
 
+from . import datasets as datasets
 from ._connectivity import (
     ColumnView as ColumnView,
     RaggedConnectivity as RaggedConnectivity,
@@ -10,5 +11,14 @@ from ._connectivity import (
     from_edges as from_edges,
 )
 from ._propagate import propagate as propagate
+from ._structural import (
+    RewireInfo as RewireInfo,
+    RowUpdate as RowUpdate,
+    RowView as RowView,
+    add_synapses as add_synapses,
+    remove_synapses as remove_synapses,
+    reset_slots as reset_slots,
+    update_rows as update_rows,
+)
 
 __version__ = importlib.metadata.version("jaxplastic")

@@ -1,0 +1,348 @@
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+import optax
+import pytest
+from hypothesis import given, settings, strategies as st
+
+import jaxplastic as jp
+
+from .examples.rules import grow_random, prune_below
+
+N_PRE, N_POST, CAP, COL_CAP = 9, 7, 4, 5
+
+
+# -- an independent model: a dict of edges -> weight, edited one proposal at a time ----------
+
+
+class EdgeModel:
+    def __init__(self, conn):
+        post = np.asarray(conn.post)
+        w = np.asarray(conn.weight)
+        self.edges = {
+            (i, int(post[i, s])): float(w[i, s])
+            for i in range(conn.n_pre)
+            for s in range(conn.capacity)
+            if post[i, s] != conn.n_post
+        }
+        self.cap = conn.capacity
+        self.col_cap = conn.column_capacity
+        self.n_pre, self.n_post = conn.n_pre, conn.n_post
+
+    def remove(self, pairs):
+        for pair in pairs:
+            del self.edges[pair]
+
+    def add(self, rows, targets, weights):
+        counts = dict(dup=0, row=0, col=0, oor=0, added=0)
+        seen = set()
+        original = set(self.edges)
+        for r, t, w in zip(rows, targets, weights, strict=True):
+            r, t = int(r), int(t)
+            if t == self.n_post:
+                continue
+            if not (0 <= r < self.n_pre and 0 <= t < self.n_post):
+                counts["oor"] += 1
+                continue
+            if (r, t) in original or (r, t) in seen:
+                seen.add((r, t))
+                counts["dup"] += 1
+                continue
+            seen.add((r, t))
+            if sum(1 for (i, _) in self.edges if i == r) >= self.cap:
+                counts["row"] += 1
+            elif (
+                self.col_cap is not None
+                and sum(1 for (_, j) in self.edges if j == t) >= self.col_cap
+            ):
+                counts["col"] += 1
+            else:
+                self.edges[(r, t)] = float(w)
+                counts["added"] += 1
+        return counts
+
+    def dense(self):
+        d = np.zeros((self.n_pre, self.n_post), np.float32)
+        for (i, j), w in self.edges.items():
+            d[i, j] = w
+        return d
+
+
+def _recheck(conn):
+    """Rebuilds the module from its arrays, which re-runs every invariant check."""
+    return jp.RaggedConnectivity(conn.post, conn.synapses, conn.column, conn.n_post)
+
+
+def _column_sets(conn):
+    pre_slot = np.asarray(conn.column.pre_slot)
+    sentinel = conn.n_pre * conn.capacity
+    return [sorted(row[row != sentinel].tolist()) for row in pre_slot]
+
+
+def _assert_column_equals_rebuild(conn):
+    assert _column_sets(conn) == _column_sets(conn.rebuild_column_view())
+
+
+def _initial(seed, with_column=True):
+    rng = np.random.default_rng(seed)
+    dense = np.zeros((N_PRE, N_POST), np.float32)
+    for i in range(N_PRE):
+        k = rng.integers(0, CAP + 1)
+        cols = rng.choice(N_POST, size=k, replace=False)
+        dense[i, cols] = rng.uniform(0.1, 1.0, size=k)
+    # Trim columns over capacity so the start state is valid.
+    for j in range(N_POST):
+        nz = np.nonzero(dense[:, j])[0]
+        dense[nz[COL_CAP:], j] = 0
+    return jp.from_dense(dense, capacity=CAP, column_capacity=COL_CAP if with_column else None)
+
+
+_remove_jit = jax.jit(jp.remove_synapses)
+_add_jit = jax.jit(jp.add_synapses)
+_prune_jit = jax.jit(lambda conn, threshold, key: jp.update_rows(conn, prune_below(threshold), key))
+_propagate_jit = jax.jit(jp.propagate)
+
+
+ops = st.lists(
+    st.one_of(
+        st.tuples(st.just("remove"), st.integers(0, 2**31)),
+        st.tuples(st.just("add"), st.integers(0, 2**31)),
+        st.tuples(st.just("rule"), st.integers(0, 2**31)),
+    ),
+    min_size=1,
+    max_size=6,
+)
+
+
+@settings(max_examples=15)
+@given(st.integers(0, 1000), ops, st.booleans())
+def test_random_edit_sequences_match_edge_model(seed, operations, with_column):
+    conn = _initial(seed, with_column)
+    model = EdgeModel(conn)
+    for op, op_seed in operations:
+        rng = np.random.default_rng(op_seed)
+        if op == "remove":
+            mask = rng.random((N_PRE, CAP)) < 0.3
+            post = np.asarray(conn.post)
+            pairs = [
+                (i, int(post[i, s]))
+                for i, s in zip(*np.nonzero(mask & (post != N_POST)), strict=True)
+            ]
+            conn, info = _remove_jit(conn, jnp.asarray(mask))
+            model.remove(pairs)
+            assert int(info.removed) == len(pairs)
+            assert int(info.changed.sum()) == len(pairs)
+        elif op == "add":
+            k = 12
+            # Targets include the sentinel (no proposal) and out-of-range values.
+            rows = rng.integers(-1, N_PRE + 1, size=k).astype(np.int32)
+            targets = rng.integers(0, N_POST + 2, size=k).astype(np.int32)
+            weights = rng.uniform(0.1, 1.0, size=k).astype(np.float32)
+            before = np.asarray(conn.post).copy()
+            conn, info = _add_jit(conn, rows, targets, {"weight": jnp.asarray(weights)})
+            counts = model.add(rows, targets, weights)
+            assert int(info.added) == counts["added"]
+            assert int(info.refused_duplicate) == counts["dup"]
+            assert int(info.refused_row_full) == counts["row"]
+            assert int(info.refused_column_full) == counts["col"]
+            assert int(info.refused_out_of_range) == counts["oor"]
+            # Slots are stable: every slot that was live still holds its synapse.
+            live = before != N_POST
+            np.testing.assert_array_equal(np.asarray(conn.post)[live], before[live])
+            assert int(info.changed.sum()) == counts["added"]
+        else:
+            threshold = float(rng.uniform(0.1, 0.6))
+            pruned = [pair for pair, w in model.edges.items() if abs(w) < threshold]
+            conn, info = _prune_jit(conn, threshold, jr.key(op_seed))
+            model.remove(pruned)
+            assert int(info.removed) == len(pruned)
+        conn = _recheck(conn)
+        np.testing.assert_array_equal(np.asarray(conn.to_dense()), model.dense())
+        if with_column:
+            _assert_column_equals_rebuild(conn)
+        spikes = jnp.asarray(np.random.default_rng(op_seed).random(N_PRE) < 0.5)
+        np.testing.assert_allclose(
+            np.asarray(_propagate_jit(conn, spikes)),
+            np.asarray(spikes, np.float32) @ model.dense(),
+            rtol=1e-6,
+            atol=1e-6,
+        )
+
+
+def test_add_refusals_by_cause():
+    conn = jp.from_edges([0, 0, 1], [0, 1, 1], n_pre=3, n_post=3, capacity=2, column_capacity=2)
+    rows = jnp.array([0, 1, 1, 2, 2, 5, 2, 1], jnp.int32)
+    targets = jnp.array([2, 1, 0, 1, 2, 0, 2, 3], jnp.int32)
+    new, info = jp.add_synapses(conn, rows, targets, {"weight": jnp.ones(8)})
+    # 0->2: row 0 full. 1->1: exists. 1->0: added. 2->1: column 1 full (0->1, 1->1).
+    # 2->2: added. 5->0: out of range. 2->2 again: duplicate. 1->3: sentinel, no proposal.
+    assert int(info.refused_row_full) == 1
+    assert int(info.refused_duplicate) == 2
+    assert int(info.added) == 2
+    assert int(info.refused_column_full) == 1
+    assert int(info.refused_out_of_range) == 1
+    assert int(info.refused) == 5
+    expected = np.array([[1, 1, 0], [1, 1, 0], [0, 0, 1]], np.float32)
+    np.testing.assert_array_equal(np.asarray(new.to_dense() != 0), expected != 0)
+    _recheck(new)
+
+
+def test_greedy_acceptance_in_order_under_contention():
+    # Five proposals compete for one row with two free slots and columns of capacity 1.
+    conn = jp.from_edges([1], [0], n_pre=2, n_post=6, capacity=2, column_capacity=1)
+    new, info = jp.add_synapses(
+        conn, jnp.zeros(5, jnp.int32), jnp.array([0, 1, 2, 3, 4], jnp.int32)
+    )
+    # 0: column 0 full (held by 1->0); 1 and 2 take the two slots; 3 and 4 find the row full.
+    assert int(info.refused_column_full) == 1
+    assert int(info.added) == 2
+    assert int(info.refused_row_full) == 2
+    np.testing.assert_array_equal(np.sort(np.asarray(new.post[0])), [1, 2])
+
+
+def test_add_values_and_unknown_names():
+    conn = jp.from_edges(
+        [0], [1], n_pre=2, n_post=3, variables={"trace": np.array([0.5], np.float32)}
+    )
+    new, _ = jp.add_synapses(
+        conn, jnp.array([1], jnp.int32), jnp.array([2], jnp.int32), {"weight": jnp.array([0.7])}
+    )
+    assert float(new.to_dense()[1, 2]) == pytest.approx(0.7)
+    assert float(new.to_dense("trace")[1, 2]) == 0.0
+    with pytest.raises(ValueError, match="unknown per-synapse variables"):
+        jp.add_synapses(conn, jnp.array([1]), jnp.array([2]), {"nope": jnp.array([1.0])})
+    with pytest.raises(ValueError, match="equal length"):
+        jp.add_synapses(conn, jnp.array([1, 0]), jnp.array([2]))
+    with pytest.raises(ValueError, match="mask: expected a bool array"):
+        jp.remove_synapses(conn, jnp.zeros((2, 2), jnp.int32))
+
+
+def test_update_rows_on_a_subset_of_rows_touches_only_those():
+    conn = jp.fixed_probability(
+        jr.key(0), 30, 25, 0.2, capacity=12, weight=0.05, column_capacity=16
+    )
+    rows = jnp.array([2, 11, 17], jnp.int32)
+    new, info = jp.update_rows(conn, prune_below(0.1), jr.key(1), rows=rows)
+    untouched = np.setdiff1d(np.arange(30), np.asarray(rows))
+    np.testing.assert_array_equal(np.asarray(new.post)[untouched], np.asarray(conn.post)[untouched])
+    assert (np.asarray(new.post)[np.asarray(rows)] == 25).all()
+    assert int(info.removed) == int(conn.row_lengths[rows].sum())
+    _assert_column_equals_rebuild(_recheck(new))
+
+
+def test_update_rows_grow_rule_and_pre_post_arguments():
+    conn = jp.fixed_probability(jr.key(0), 40, 30, 0.1, capacity=10, column_capacity=20)
+
+    def grow_toward_active(row, pre, post, key):
+        # Rows whose neuron is "eligible" propose the most active postsynaptic neuron.
+        target = jnp.where(pre["eligible"], jnp.argmax(post["rate"]), row.n_post)
+        return jp.RowUpdate(
+            remove=jnp.zeros_like(row.alive),
+            add_post=target.astype(row.post.dtype)[None],
+            add_values={"weight": jnp.full((1,), 0.5)},
+        )
+
+    eligible = jnp.arange(40) % 4 == 0
+    rate = jnp.zeros(30).at[7].set(10.0)
+    new, info = jp.update_rows(
+        conn, grow_toward_active, jr.key(1), pre={"eligible": eligible}, post={"rate": rate}
+    )
+    dense_before = np.asarray(conn.to_dense()) != 0
+    dense_after = np.asarray(new.to_dense())
+    expected_new = np.asarray(eligible) & ~dense_before[:, 7]
+    assert int(info.added) == int(expected_new.sum())
+    assert (dense_after[expected_new, 7] == 0.5).all()
+    assert int(info.refused_duplicate) == int((np.asarray(eligible) & dense_before[:, 7]).sum())
+
+
+def test_update_rows_bad_rule_output_and_pre_shape():
+    conn = jp.fixed_probability(jr.key(0), 10, 10, 0.3, capacity=8)
+
+    def bad(row, pre, post, key):
+        return jp.RowUpdate(jnp.zeros(3, bool), jnp.zeros(1, row.post.dtype))
+
+    with pytest.raises(ValueError, match="expected `remove` to be bool"):
+        jp.update_rows(conn, bad, jr.key(0))
+    with pytest.raises(ValueError, match="leading axis n_pre=10"):
+        jp.update_rows(conn, prune_below(0.1), jr.key(0), pre=jnp.zeros(3))
+
+
+def test_update_rows_rejects_repeated_rows():
+    conn = jp.fixed_probability(jr.key(0), 10, 10, 0.3, capacity=8)
+    with pytest.raises(Exception, match="distinct and in range"):
+        jp.update_rows(conn, prune_below(0.1), jr.key(0), rows=jnp.array([1, 1]))
+
+
+def test_reset_slots_zeroes_only_changed_slot_aligned_leaves():
+    changed = jnp.zeros((4, 3), bool).at[1, 2].set(True)
+    tree = {
+        "mu": jnp.ones((4, 3)),
+        "traces": jnp.ones((5, 4, 3)),
+        "count": jnp.array(7),
+        "dense": jnp.ones((3, 4)),
+        "other": None,
+    }
+    out = jp.reset_slots(tree, changed)
+    assert float(out["mu"][1, 2]) == 0 and float(out["mu"].sum()) == 11
+    assert float(out["traces"][:, 1, 2].sum()) == 0 and float(out["traces"].sum()) == 55
+    assert int(out["count"]) == 7
+    np.testing.assert_array_equal(np.asarray(out["dense"]), np.ones((3, 4)))
+
+
+@pytest.mark.standard_promotion
+def test_reset_slots_on_an_optax_state():
+    conn = jp.fixed_probability(jr.key(0), 6, 6, 0.5, capacity=6)
+    opt = optax.adam(1e-2)
+    state = opt.init(conn.weight)
+    _, state = opt.update(jnp.ones_like(conn.weight), state, conn.weight)
+    changed = jnp.zeros(conn.post.shape, bool).at[0, 0].set(True)
+    state = jp.reset_slots(state, changed)
+    assert float(state[0].mu[0, 0]) == 0 and float(state[0].nu[0, 0]) == 0
+    assert float(state[0].mu[0, 1]) != 0
+    assert int(state[0].count) == 1
+
+
+def test_vmap_over_an_ensemble_of_networks():
+    keys = jr.split(jr.key(0), 4)
+    conns = jax.vmap(
+        lambda k: jp.fixed_probability(k, 20, 20, 0.2, capacity=10, weight=0.5, column_capacity=12)
+    )(keys)
+
+    def rewire(conn, key):
+        conn, _ = jp.update_rows(conn, prune_below(0.6), key)
+        return jp.update_rows(conn, grow_random(3, 0.5, 0.3), key)
+
+    out, info = jax.jit(jax.vmap(rewire))(conns, jr.split(jr.key(1), 4))
+    for n in range(4):
+        single, single_info = rewire(
+            jax.tree.map(lambda x, n=n: x[n], conns), jr.split(jr.key(1), 4)[n]
+        )
+        got = jax.tree.map(lambda x, n=n: x[n], out)
+        np.testing.assert_array_equal(np.asarray(got.post), np.asarray(single.post))
+        np.testing.assert_array_equal(np.asarray(got.weight), np.asarray(single.weight))
+        assert int(info.added[n]) == int(single_info.added)
+        _assert_column_equals_rebuild(_recheck(got))
+    assert len({int(a) for a in info.added}) > 1
+
+
+def test_step_rewire_step_compiles_once():
+    conn = jp.fixed_probability(jr.key(0), 50, 50, 0.1, capacity=16, weight=0.3, column_capacity=20)
+
+    @eqx.debug.assert_max_traces(max_traces=1)
+    def step(conn, key):
+        k1, k2 = jr.split(key)
+        spikes = jr.bernoulli(k1, 0.2, (50,))
+        current = jp.propagate(conn, spikes)
+        conn, info = jp.update_rows(conn, prune_below(0.35), k2)
+        conn, info2 = jp.update_rows(conn, grow_random(2, 0.5, 0.3), k2)
+        return conn, current, info.merge(info2)
+
+    step = jax.jit(step)
+    key = jr.key(1)
+    for _ in range(5):
+        key, sub = jr.split(key)
+        conn, current, info = step(conn, sub)
+    assert current.shape == (50,)
+    _assert_column_equals_rebuild(_recheck(conn))
