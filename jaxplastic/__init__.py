@@ -10,7 +10,25 @@ from ._connectivity import (
     from_dense as from_dense,
     from_edges as from_edges,
 )
+from ._neurons import (
+    ALIF as ALIF,
+    LIF as LIF,
+    AbstractSurrogate as AbstractSurrogate,
+    ALIFState as ALIFState,
+    ConductanceLIF as ConductanceLIF,
+    ConductanceLIFState as ConductanceLIFState,
+    LeakyIntegrator as LeakyIntegrator,
+    LeakyIntegratorState as LeakyIntegratorState,
+    LIFState as LIFState,
+    PiecewiseLinear as PiecewiseLinear,
+    PoissonInput as PoissonInput,
+    PoissonInputState as PoissonInputState,
+    SpikeArrayInput as SpikeArrayInput,
+    SpikeArrayInputState as SpikeArrayInputState,
+    SuperSpike as SuperSpike,
+)
 from ._propagate import propagate as propagate
+from ._simulate import SimulationResult as SimulationResult, simulate as simulate
 from ._structural import (
     RewireInfo as RewireInfo,
     RowUpdate as RowUpdate,

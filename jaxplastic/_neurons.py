@@ -16,7 +16,9 @@ directly and carry surrogate gradients.
 Refractoriness is counted in whole steps: a spike sets `refractory` to
 `round(tau_refrac / dt)`, and the count goes down by one at the start of each later step; a
 neuron can spike again in the step where the count reaches zero, so the minimum interval
-between two spikes is `tau_refrac` (as in GeNN, where `RefracTime` is decremented by `dt`).
+between two spikes is `tau_refrac` (as in GeNN, where `RefracTime` is decremented by `dt`);
+models that clamp the membrane while refractory need further steps to climb back. The
+`refractory` field is the number of steps still blocked (`> 0` means refractory).
 """
 
 from __future__ import annotations
@@ -136,7 +138,7 @@ def _broadcast(param, like: Array):
     return jnp.broadcast_to(param, like.shape)
 
 
-def _refractory_steps(tau_refrac, dt) -> Int[Array, ""]:
+def _refractory_steps(tau_refrac, dt) -> Int[Array, "..."]:
     return jnp.round(jnp.asarray(tau_refrac) / dt).astype(jnp.int32)
 
 
@@ -304,14 +306,16 @@ class LIF(eqx.Module):
         integrate_during_refractory: bool = True,
         surrogate: AbstractSurrogate | None = None,
     ):
-        """Args:
-        tau_mem: membrane time constant (ms), > 0.
-        v_threshold: firing threshold, > 0 (it also scales the surrogate's input).
-        tau_refrac: refractory period (ms), >= 0; rounded to whole steps.
-        reset: `"subtract"` ($v \\leftarrow v - v_{th}$) or `"zero"` ($v \\leftarrow 0$).
-        integrate_during_refractory: keep integrating while refractory (e-prop), or
-            clamp $v$ (GeNN's `LIF`).
-        surrogate: the surrogate spike function; default `PiecewiseLinear(gamma=0.3)`.
+        """Builds a LIF population (defaults: the N-MNIST hidden layer of MODELS.md).
+
+        Args:
+            tau_mem: membrane time constant (ms), > 0.
+            v_threshold: firing threshold, > 0 (it also scales the surrogate's input).
+            tau_refrac: refractory period (ms), >= 0; rounded to whole steps.
+            reset: `"subtract"` ($v \\leftarrow v - v_{th}$) or `"zero"` ($v \\leftarrow 0$).
+            integrate_during_refractory: keep integrating while refractory (e-prop), or
+                clamp $v$ (GeNN's `LIF`).
+            surrogate: the surrogate spike function; default `PiecewiseLinear(gamma=0.3)`.
         """
         self.tau_mem = tau_mem
         self.v_threshold = v_threshold
@@ -405,7 +409,7 @@ class ALIF(eqx.Module):
     The surrogate acts on $u = (v - A) / v_{th}$, so with `PiecewiseLinear(0.3)` the spike's
     derivative with respect to $v$ is
     $\\psi = (0.3 / v_{th}) \\max(0, 1 - |v - A| / v_{th})$ (0 while refractory), and with
-    respect to $a$ it is $-\\beta \\psi$.
+    respect to the previous step's $a$ it is $-\\beta \\rho \\psi$.
 
     Example:
         >>> import jax.numpy as jnp
@@ -439,14 +443,16 @@ class ALIF(eqx.Module):
         reset: Literal["subtract", "zero"] = "subtract",
         surrogate: AbstractSurrogate | None = None,
     ):
-        """Args:
-        tau_mem: membrane time constant (ms), > 0.
-        v_threshold: base threshold $v_{th}$, > 0 (also scales the surrogate's input).
-        tau_adapt: adaptation time constant (ms), > 0.
-        beta: adaptation strength, >= 0 (0 gives a LIF that still tracks `a`).
-        tau_refrac: refractory period (ms), >= 0; rounded to whole steps.
-        reset: `"subtract"` ($v \\leftarrow v - v_{th}$) or `"zero"` ($v \\leftarrow 0$).
-        surrogate: the surrogate spike function; default `PiecewiseLinear(gamma=0.3)`.
+        """Builds an ALIF population (defaults: the DVS Gesture hidden layer of MODELS.md).
+
+        Args:
+            tau_mem: membrane time constant (ms), > 0.
+            v_threshold: base threshold $v_{th}$, > 0 (also scales the surrogate's input).
+            tau_adapt: adaptation time constant (ms), > 0.
+            beta: adaptation strength, >= 0 (0 gives a LIF that still tracks `a`).
+            tau_refrac: refractory period (ms), >= 0; rounded to whole steps.
+            reset: `"subtract"` ($v \\leftarrow v - v_{th}$) or `"zero"` ($v \\leftarrow 0$).
+            surrogate: the surrogate spike function; default `PiecewiseLinear(gamma=0.3)`.
         """
         self.tau_mem = tau_mem
         self.v_threshold = v_threshold
@@ -480,7 +486,12 @@ class ALIF(eqx.Module):
         )
 
     def threshold(self, state: ALIFState) -> Float[Array, "*batch neurons"]:
-        """The adapted threshold $A = v_{th} + \\beta a$ for a given state's `a`."""
+        """The adapted threshold $A = v_{th} + \\beta a$ of a state's own `a`.
+
+        This is the threshold mlGeNN's e-prop uses for the pseudo-derivative (from the stored
+        state after a step). The next `step` first decays `a`, so it compares $v$ against
+        $v_{th} + \\beta \\rho a$.
+        """
         return _broadcast(self.v_threshold, state.a) + _broadcast(self.beta, state.a) * state.a
 
     def step(
@@ -620,7 +631,7 @@ class ConductanceLIF(eqx.Module):
         v_init_std: RealScalarLike = 5.0,
         surrogate: AbstractSurrogate | None = None,
     ):
-        """Defaults are the topographic-map target layer of MODELS.md.
+        """Builds the population (defaults: the topographic-map target layer of MODELS.md).
 
         Args:
             capacitance: membrane capacitance $C$ (nF), > 0.
@@ -772,9 +783,11 @@ class LeakyIntegrator(eqx.Module):
     bias: RealParam
 
     def __init__(self, tau_mem: RealParam = 20.0, bias: RealParam = 0.0):
-        """Args:
-        tau_mem: membrane time constant (ms), > 0.
-        bias: bias added every step, a scalar or a `[neurons]` array (trainable).
+        """Builds a leaky-integrator readout.
+
+        Args:
+            tau_mem: membrane time constant (ms), > 0.
+            bias: bias added every step, a scalar or a `[neurons]` array (trainable).
         """
         self.tau_mem = tau_mem
         self.bias = bias
@@ -921,9 +934,11 @@ class SpikeArrayInput(eqx.Module):
     spikes: Shaped[Array, "time *batch neurons"]
 
     def __init__(self, spikes: Shaped[ArrayLike, "time *batch neurons"]):
-        """Args:
-        spikes: `[time, neurons]` (or `[time, batch, neurons]`) array of spikes, bool or
-            0/1 numbers.
+        """Wraps a recorded spike array.
+
+        Args:
+            spikes: `[time, neurons]` (or `[time, batch, neurons]`) array of spikes, bool or
+                0/1 numbers.
         """
         self.spikes = jnp.asarray(spikes)
 

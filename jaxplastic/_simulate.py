@@ -43,7 +43,7 @@ def simulate(
     state: PyTree,
     inputs: PyTree | None,
     *,
-    dt: float,
+    dt: float | int,
     num_steps: int | None = None,
     record: Sequence[str] | str = (),
 ) -> SimulationResult:

@@ -315,8 +315,9 @@ def test_vmap_over_an_ensemble_of_networks():
         return jp.update_rows(conn, grow_random(3, 0.5, 0.3), key)
 
     out, info = jax.jit(jax.vmap(rewire))(conns, jr.split(jr.key(1), 4))
+    rewire_one = jax.jit(rewire)
     for n in range(4):
-        single, single_info = rewire(
+        single, single_info = rewire_one(
             jax.tree.map(lambda x, n=n: x[n], conns), jr.split(jr.key(1), 4)[n]
         )
         got = jax.tree.map(lambda x, n=n: x[n], out)
