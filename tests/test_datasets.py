@@ -1,14 +1,18 @@
 """Tests for `jaxplastic.datasets`: encoders, the offline default, and the tfds-backed loaders.
 
-The SHD and N-MNIST tests write tiny files in the genuine formats (HDF5 via h5py, 40-bit
-N-MNIST events as bytes) and run the real tfds builders on them in temporary directories; the
-catalogue MNIST test uses tfds' mock data. No test touches the network: `no_network` makes any
-connection attempt fail loudly.
+The SHD, N-MNIST and MNIST / Fashion-MNIST tests write tiny files in the genuine formats (HDF5
+via h5py, 40-bit N-MNIST events as bytes, big-endian IDX headers, gzipped or not) and run the
+real tfds builders on them in temporary directories; downloads are served from file:// URLs,
+and the test of a tfds catalogue dataset prepared earlier uses tfds' mock data. No test touches
+the network: `no_network` makes any connection attempt fail loudly.
 """
 
 import gzip
+import hashlib
+import importlib.abc
 import math
 import socket
+import sys
 import time
 import zipfile
 
@@ -39,6 +43,23 @@ def no_network(monkeypatch):
 
     monkeypatch.setattr(socket.socket, "connect", refuse)
     monkeypatch.setattr(socket, "create_connection", refuse)
+
+
+@pytest.fixture
+def no_tensorflow(monkeypatch):
+    """Makes `import tensorflow` fail, as where it is not installed, and checks it stayed out."""
+    if "tensorflow" in sys.modules:
+        pytest.skip("TensorFlow is already imported")
+
+    class Block(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name == "tensorflow" or name.startswith("tensorflow."):
+                raise ModuleNotFoundError(f"No module named {name!r} (blocked)", name=name)
+            return None
+
+    monkeypatch.setattr(sys, "meta_path", [Block(), *sys.meta_path])
+    yield
+    assert "tensorflow" not in sys.modules
 
 
 def all_examples(ds):
@@ -403,42 +424,307 @@ def test_partially_downloaded_event_files_name_what_is_missing(tmp_path):
         load("shd", data_dir=tmp_path / "data", manual_dir=manual)
 
 
+# --- MNIST and Fashion-MNIST from IDX files ---------------------------------------------------
+
+
+def idx_bytes(array, magic):
+    """`array` (uint8) as an IDX file: big-endian magic number, dimensions, then the data."""
+    array = np.asarray(array, np.uint8)
+    assert magic & 0xFF == array.ndim
+    header = magic.to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in array.shape)
+    return header + array.tobytes()
+
+
+def mnist_images(n, seed):
+    """`n` 28 x 28 uint8 images: image 0 has chosen pixels, the rest are random."""
+    images = np.random.default_rng(seed).integers(0, 256, (n, 28, 28), dtype=np.uint8)
+    images[0] = 0
+    # Latency bins at the default tau = 20 ms, threshold 0.2: 255 -> 20 ln(1.25) = 4.46 ms,
+    # 128 -> 10.2 ms, 52 -> 20 ln(52) = 79.0 ms; 51 = 0.2 * 255 is at the threshold and stays
+    # silent within 100 steps.
+    images[0, 0, 0], images[0, 27, 27], images[0, 3, 4], images[0, 5, 5] = 255, 128, 52, 51
+    return images
+
+
+# Per split: (images, labels). The labels cover all ten classes.
+IDX_SPLITS = {
+    "train": (mnist_images(12, seed=0), np.uint8([7, 0, 9, 1, 2, 3, 4, 5, 6, 8, 1, 7])),
+    "test": (mnist_images(3, seed=1), np.uint8([3, 9, 0])),
+}
+IDX_NAMES = {
+    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+}
+IDX_FILES = [f for split in ("train", "test") for f in IDX_NAMES[split]]
+
+
+def write_idx_files(folder, gzipped):
+    """Writes the four IDX files of `IDX_SPLITS` into `folder`; `gzipped[i]` per file."""
+    folder.mkdir(parents=True, exist_ok=True)
+    contents = []
+    for split in ("train", "test"):
+        images, labels = IDX_SPLITS[split]
+        contents += [idx_bytes(images, 0x00000803), idx_bytes(labels, 0x00000801)]
+    for file, data, gz in zip(IDX_FILES, contents, gzipped, strict=True):
+        if gz:
+            (folder / file).write_bytes(gzip.compress(data, mtime=0))
+        else:
+            (folder / file.removesuffix(".gz")).write_bytes(data)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def idx_dirs(tmp_path_factory):
+    """Per dataset name: (data_dir, manual_dir); mnist's files are gzipped, Fashion's a mix."""
+    root = tmp_path_factory.mktemp("idx")
+    return {
+        "mnist": (root / "data", write_idx_files(root / "mnist", [True] * 4)),
+        "fashion_mnist": (
+            root / "data",
+            write_idx_files(root / "fashion", [False, True, True, False]),
+        ),
+    }
+
+
 @pytest.mark.parametrize("name", ["mnist", "fashion_mnist"])
-def test_unprepared_catalogue_dataset_fails_fast_without_network(name, tmp_path, no_network):
+def test_idx_builder_round_trips_images_without_tensorflow(
+    name, idx_dirs, no_network, no_tensorflow
+):
+    data_dir, manual = idx_dirs[name]
     start = time.perf_counter()
-    with pytest.raises(FileNotFoundError, match=f"{name}.*not prepared.*download=False"):
+    ds = load(name, data_dir=data_dir, manual_dir=manual)
+    assert time.perf_counter() - start < 20.0
+    assert (len(ds), ds.num_inputs, ds.num_classes, ds.num_steps) == (12, 784, 10, 100)
+    assert (data_dir / f"{name}_idx" / "1.0.0").is_dir()  # prepared under the builder's name
+    for split, (images, labels) in IDX_SPLITS.items():
+        builder = {"mnist": datasets.MnistIdx, "fashion_mnist": datasets.FashionMnistIdx}[name](
+            data_dir=data_dir
+        )
+        source = builder.as_data_source(split=split)
+        stored = [source[i] for i in range(len(source))]
+        # Dataset order is file order, and every pixel survives exactly.
+        got = np.stack([r["image"] for r in stored])
+        assert got.dtype == np.uint8 and got.shape == images.shape
+        np.testing.assert_array_equal(got, images)
+        assert [int(r["label"]) for r in stored] == labels.tolist()
+        ds = load(name, split=split, data_dir=data_dir, manual_dir=manual)
+        np.testing.assert_array_equal(ds.labels, labels.astype(np.int32))
+        spikes, got_labels = all_examples(ds)
+        assert spikes.shape == (len(labels), 100, 784) and spikes.dtype == np.uint8
+        assert got_labels.dtype == np.int32
+        np.testing.assert_array_equal(got_labels, labels)
+        np.testing.assert_array_equal(spikes, latency_encode(images, num_steps=100))
+    if name == "fashion_mnist":
+        assert builder.info.features["label"].names[9] == "Ankle boot"
+
+
+@pytest.mark.parametrize("name", ["mnist", "fashion_mnist"])
+def test_idx_dataset_spikes_in_the_right_bins(name, idx_dirs):
+    data_dir, manual = idx_dirs[name]
+    ds = load(name, split="test", data_dir=data_dir, manual_dir=manual).subset([0])
+    spikes, labels = all_examples(ds)
+    assert labels.tolist() == [3]
+    assert spike_set(spikes[0]) == {(4, 0), (10, 27 * 28 + 27), (79, 3 * 28 + 4)}
+    # Rate coding at 2 kHz, dt = 1 ms: p = min(1, x * 2) = 1 for x >= 0.5, so pixels 255 and
+    # 128 spike in every bin, 52 sometimes, and the black ones (and no others) never.
+    rate = load(
+        name,
+        split="test",
+        data_dir=data_dir,
+        manual_dir=manual,
+        encoding=RateEncoding(max_rate_hz=2000.0),
+        num_steps=200,
+    ).subset([0])
+    spikes, _ = all_examples(rate)
+    counts = spikes[0].sum(axis=0)
+    assert counts[0] == counts[27 * 28 + 27] == 200
+    assert 0 < counts[3 * 28 + 4] < 200
+    assert counts[5 * 28 + 5] > 0  # 51/255 = 0.2 fires in rate coding (p = 0.4)
+    assert np.count_nonzero(counts) == 4
+
+
+def test_idx_prepared_once_then_needs_no_source_files(idx_dirs, tmp_path):
+    data_dir, manual = idx_dirs["mnist"]
+    load("mnist", data_dir=data_dir, manual_dir=manual)
+    ds = load("mnist", split="test", data_dir=data_dir, manual_dir=tmp_path / "gone", num_steps=10)
+    assert len(ds) == 3 and next(ds.batches(2, seed=0))[0].shape == (2, 10, 784)
+
+
+def test_idx_default_manual_folder(tmp_path, no_network):
+    write_idx_files(tmp_path / "downloads" / "manual" / "fashion_mnist", [False] * 4)
+    ds = load("fashion_mnist", split="test", data_dir=tmp_path, num_steps=10)
+    np.testing.assert_array_equal(ds.labels, IDX_SPLITS["test"][1])
+
+
+def test_read_idx_checks_magic_number_and_size(tmp_path):
+    from jaxplastic.datasets._idx import read_idx
+
+    images, labels = IDX_SPLITS["test"]
+    good = tmp_path / "images.gz"
+    good.write_bytes(gzip.compress(idx_bytes(images, 0x00000803)))
+    np.testing.assert_array_equal(read_idx(good, magic=0x00000803), images)
+    # A labels file where images belong: magic 0x00000801, not 0x00000803.
+    swapped = tmp_path / "labels"
+    swapped.write_bytes(idx_bytes(labels, 0x00000801))
+    with pytest.raises(ValueError, match="bad IDX magic number 0x00000801, expected 0x00000803"):
+        read_idx(swapped, magic=0x00000803)
+    # Not an IDX file at all (an HTML error page, say), with or without an expected magic.
+    html = tmp_path / "page.gz"
+    html.write_bytes(b"<html>404 Not Found</html>")
+    for magic in (0x00000801, None):
+        with pytest.raises(ValueError, match="bad IDX magic number 0x3C68746D"):
+            read_idx(html, magic=magic)
+    truncated = tmp_path / "truncated"
+    truncated.write_bytes(idx_bytes(images, 0x00000803)[:-5])
+    with pytest.raises(ValueError, match=r"declares shape \(3, 28, 28\).*truncated"):
+        read_idx(truncated, magic=0x00000803)
+
+
+def test_swapped_idx_files_fail_preparation_clearly(tmp_path, no_network):
+    manual = write_idx_files(tmp_path / "manual", [True] * 4)
+    (manual / "t10k-images-idx3-ubyte.gz").rename(manual / "tmp.gz")
+    (manual / "t10k-labels-idx1-ubyte.gz").rename(manual / "t10k-images-idx3-ubyte.gz")
+    (manual / "tmp.gz").rename(manual / "t10k-labels-idx1-ubyte.gz")
+    with pytest.raises(ValueError, match="t10k-images-idx3-ubyte.gz: bad IDX magic number"):
+        load("mnist", data_dir=tmp_path / "data", manual_dir=manual)
+    # The failed preparation leaves nothing behind: with the files fixed it succeeds.
+    write_idx_files(manual, [True] * 4)
+    assert len(load("mnist", split="test", data_dir=tmp_path / "data", manual_dir=manual)) == 3
+
+
+# --- downloading MNIST (file:// mirrors: no network) ------------------------------------------
+
+
+@pytest.fixture
+def local_mirror(tmp_path, monkeypatch):
+    """Serves the test IDX files from file:// URLs behind a dead first mirror."""
+    from jaxplastic.datasets import _idx
+
+    served = write_idx_files(tmp_path / "mirror", [True] * 4)
+    checksums = {
+        f: ((served / f).stat().st_size, hashlib.sha256((served / f).read_bytes()).hexdigest())
+        for f in IDX_FILES
+    }
+    mirrors = ((tmp_path / "dead").as_uri() + "/", served.as_uri() + "/")
+    monkeypatch.setitem(_idx.MIRRORS, "mnist", mirrors)
+    monkeypatch.setitem(_idx.CHECKSUMS, "mnist", checksums)
+    return checksums
+
+
+def test_download_fetches_into_manual_dir_and_prepares(local_mirror, tmp_path, no_network):
+    ds = load("mnist", split="test", data_dir=tmp_path / "data", download=True, num_steps=10)
+    np.testing.assert_array_equal(ds.labels, IDX_SPLITS["test"][1])
+    manual = tmp_path / "data" / "downloads" / "manual" / "mnist"
+    assert sorted(p.name for p in manual.iterdir()) == sorted(IDX_FILES)
+
+
+def test_download_rejects_corrupt_files(local_mirror, tmp_path, no_network):
+    checksum = local_mirror["t10k-labels-idx1-ubyte.gz"]
+    size = checksum[0]
+    local_mirror["t10k-labels-idx1-ubyte.gz"] = (size, "0" * 64)
+    manual = tmp_path / "manual"
+    with pytest.raises(ConnectionError) as info:
+        load("mnist", data_dir=tmp_path / "data", manual_dir=manual, download=True)
+    message = str(info.value)
+    assert "could not download t10k-labels-idx1-ubyte.gz" in message
+    assert f"expected {size} bytes with SHA-256 0000" in message
+    assert str(manual) in message
+    # The three intact files stay, the corrupt one (and its .part) does not.
+    assert sorted(p.name for p in manual.iterdir()) == sorted(IDX_FILES[:3])
+    # A second try fetches only the missing file.
+    local_mirror["t10k-labels-idx1-ubyte.gz"] = checksum
+    for file in IDX_FILES[:3]:
+        (manual / file).write_bytes(b"kept, not fetched again")
+    with pytest.raises(ValueError, match="bad IDX magic number"):  # the kept files are read
+        load("mnist", data_dir=tmp_path / "data", manual_dir=manual, download=True)
+    assert (manual / "t10k-labels-idx1-ubyte.gz").read_bytes() == (
+        tmp_path / "mirror" / "t10k-labels-idx1-ubyte.gz"
+    ).read_bytes()
+
+
+def test_download_manager_is_not_used_when_files_exist(idx_dirs, tmp_path, monkeypatch):
+    from jaxplastic.datasets import _idx
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("downloaded although the files are in manual_dir")
+
+    monkeypatch.setattr(_idx, "download", refuse)
+    _, manual = idx_dirs["mnist"]
+    assert len(load("mnist", data_dir=tmp_path, manual_dir=manual, download=True)) == 12
+
+
+# --- missing MNIST files ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name, urls",
+    [
+        ("mnist", ["https://storage.googleapis.com/cvdf-datasets/mnist/", "yann.lecun.com"]),
+        (
+            "fashion_mnist",
+            ["fashion-mnist.s3-website.eu-central-1.amazonaws.com", "zalandoresearch"],
+        ),
+    ],
+)
+def test_missing_idx_files_fail_fast_with_instructions(name, urls, tmp_path, no_network):
+    start = time.perf_counter()
+    with pytest.raises(FileNotFoundError, match=f"{name}.*not prepared.*download=False") as info:
         load(name, data_dir=tmp_path)
     assert time.perf_counter() - start < 10.0
+    message = str(info.value)
+    assert str(tmp_path / "downloads" / "manual" / name) in message  # the exact default folder
+    for file in IDX_FILES:
+        assert file in message
+    for url in urls:
+        assert url in message
 
 
-def test_catalogue_download_without_tensorflow_explains(tmp_path, no_network):
-    import importlib.util
+def test_partially_downloaded_idx_files_name_what_is_missing(tmp_path):
+    manual = write_idx_files(tmp_path / "manual", [True] * 4)
+    (manual / "t10k-images-idx3-ubyte.gz").unlink()
+    (manual / "t10k-labels-idx1-ubyte.gz").unlink()
+    with pytest.raises(
+        FileNotFoundError,
+        match=r"missing: t10k-images-idx3-ubyte\.gz, t10k-labels-idx1-ubyte\.gz\)",
+    ):
+        load("mnist", data_dir=tmp_path / "data", manual_dir=manual)
 
-    if importlib.util.find_spec("tensorflow") is not None:
-        pytest.skip("TensorFlow is installed")
-    with pytest.raises(ImportError, match="needs TensorFlow"):
-        load("mnist", data_dir=tmp_path, download=True)
+
+# --- the tfds catalogue, prepared earlier with TensorFlow -------------------------------------
 
 
-def test_catalogue_reader_on_tfds_mock_data(monkeypatch, no_network):
+def test_prepared_catalogue_is_still_read(tmp_path, monkeypatch, no_network):
     import tensorflow_datasets as tfds
 
-    # mock_data replaces the stored records; is_prepared is forced because the mock directory
-    # does not exist.
-    monkeypatch.setattr(tfds.core.DatasetBuilder, "is_prepared", lambda self: True)
+    # Only the catalogue's fashion_mnist counts as prepared (as array_record, which mock_data
+    # simulates), not the TF-free fashion_mnist_idx; its files need not exist.
+    (tmp_path / "fashion_mnist").mkdir()
+    monkeypatch.setattr(
+        tfds.core.DatasetBuilder, "is_prepared", lambda self: self.name == "fashion_mnist"
+    )
+    # mock_data's batched __getitems__ is broken (tfds 4.9.10); read record by record instead.
+    from tensorflow_datasets.core.data_sources import base
+
+    monkeypatch.delattr(base.BaseDataSource, "__getitems__")
     with tfds.testing.mock_data(num_examples=12, policy=tfds.testing.MockPolicy.USE_CODE):
-        ds = load("fashion_mnist", split="test", encoding="rate", num_steps=30)
+        ds = load("fashion_mnist", split="test", encoding="rate", num_steps=30, data_dir=tmp_path)
         assert (len(ds), ds.num_inputs, ds.num_classes) == (12, 784, 10)
         spikes, labels = next(ds.batches(5, seed=0))
         assert spikes.shape == (5, 30, 784) and spikes.dtype == np.uint8
         assert labels.dtype == np.int32 and labels.min() >= 0 and labels.max() < 10
         np.testing.assert_array_equal(spikes, next(ds.batches(5, seed=0))[0])
+    assert not (tmp_path / "fashion_mnist_idx").exists()
 
 
 def test_builders_exposed_lazily():
     import tensorflow_datasets as tfds
 
-    assert issubclass(datasets.Shd, tfds.core.GeneratorBasedBuilder)
+    for cls in (datasets.Shd, datasets.Nmnist, datasets.MnistIdx, datasets.FashionMnistIdx):
+        assert issubclass(cls, tfds.core.GeneratorBasedBuilder)
     assert (datasets.Shd.name, datasets.Nmnist.name) == ("shd", "nmnist")
+    assert (datasets.MnistIdx.name, datasets.FashionMnistIdx.name) == (
+        "mnist_idx",
+        "fashion_mnist_idx",
+    )
     with pytest.raises(AttributeError):
         datasets.Cifar  # noqa: B018

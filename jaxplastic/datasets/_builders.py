@@ -1,15 +1,18 @@
-"""tensorflow-datasets builders for the event datasets, read from manually downloaded files.
+"""tensorflow-datasets builders that read downloaded files with numpy, never with TensorFlow.
 
-Both builders store the raw events (not binned spikes), so `dt`, `num_steps` and spatial
-downsampling are chosen at load time without preparing again. Their features are
-`tfds.features.Tensor`s with `Encoding.BYTES` and a `ClassLabel`, whose encoding is pure
-numpy: preparing (`download_and_prepare(file_format="array_record")`) and reading
-(`as_data_source`) both work without TensorFlow installed.
+`Shd` and `Nmnist` store the raw events (not binned spikes), so `dt`, `num_steps` and spatial
+downsampling are chosen at load time without preparing again. `MnistIdx` and
+`FashionMnistIdx` store the 28 x 28 uint8 images of the genuine IDX files as they are (no PNG
+encoding, unlike tfds' catalogue `mnist` / `fashion_mnist`, whose preparation needs
+TensorFlow). All features are `tfds.features.Tensor`s with `Encoding.BYTES` and a
+`ClassLabel`, whose encoding is pure numpy: preparing
+(`download_and_prepare(file_format="array_record")`) and reading (`as_data_source`) both work
+without TensorFlow installed.
 
-The builders register with tfds as ``shd`` and ``nmnist`` when this module is imported.
-(The ``tfds build`` command line imports TensorFlow, so prepare through `load` or
-``Nmnist(data_dir=...).download_and_prepare(download_config=tfds.download.DownloadConfig(
-manual_dir=...), file_format="array_record")`` instead.)
+The builders register with tfds as ``shd``, ``nmnist``, ``mnist_idx`` and ``fashion_mnist_idx``
+when this module is imported. (The ``tfds build`` command line imports TensorFlow, so prepare
+through `load` or ``Nmnist(data_dir=...).download_and_prepare(download_config=
+tfds.download.DownloadConfig(manual_dir=...), file_format="array_record")`` instead.)
 """
 
 import os
@@ -18,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow_datasets as tfds
 
-from . import _events
+from . import _events, _idx
 
 _BYTES = tfds.features.Encoding.BYTES
 
@@ -117,4 +120,83 @@ class Nmnist(tfds.core.GeneratorBasedBuilder):
             yield key, {"x": x, "y": y, "polarity": p, "timestamp": t, "label": label}
 
 
-BUILDERS = {"shd": Shd, "nmnist": Nmnist}
+class _IdxImages(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    """28 x 28 grey images and labels 0..9 from the four IDX files in the manual directory."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "uint8 images and labels from the IDX files, without PNG encoding."}
+    DATASET = ""  # "mnist" or "fashion_mnist": the key into `_idx`'s tables
+    CITATION = ""
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        if self.DATASET == "fashion_mnist":
+            label = tfds.features.ClassLabel(names=_idx.FASHION_MNIST_LABELS)
+        else:
+            label = tfds.features.ClassLabel(num_classes=_idx.NUM_CLASSES)
+        return tfds.core.DatasetInfo(
+            builder=self,
+            description=self.__doc__.splitlines()[0],
+            features=tfds.features.FeaturesDict(
+                {
+                    "image": tfds.features.Tensor(
+                        shape=_idx.IMAGE_SHAPE, dtype=np.uint8, encoding=_BYTES
+                    ),
+                    "label": label,
+                }
+            ),
+            supervised_keys=("image", "label"),
+            disable_shuffling=True,  # example i of a split is record i of its IDX files
+            homepage=_idx.HOMEPAGES[self.DATASET],
+            citation=self.CITATION,
+        )
+
+    def _split_generators(self, dl_manager):
+        manual_dir = Path(os.fspath(dl_manager.manual_dir))
+        if _idx.missing_files(manual_dir):
+            raise _idx.missing_files_error(self.DATASET, manual_dir)
+        return {split: self._generate_examples(manual_dir, split) for split in ("train", "test")}
+
+    def _generate_examples(self, manual_dir, split):
+        images, labels = _idx.read_split(manual_dir, split)
+        for i in range(images.shape[0]):
+            yield i, {"image": images[i], "label": int(labels[i])}
+
+
+class MnistIdx(_IdxImages):
+    """MNIST handwritten digits, 28 x 28 uint8, from the genuine IDX files; labels 0..9.
+
+    Splits: `train` (60,000) and `test` (10,000), from `train-images-idx3-ubyte.gz`,
+    `train-labels-idx1-ubyte.gz`, `t10k-images-idx3-ubyte.gz` and `t10k-labels-idx1-ubyte.gz`
+    (gzipped or not) in the manual directory, in file order. Feature `image` is `[28, 28]`
+    uint8 (0 = background, 255 = full ink), row-major as in the files; `label` is the digit.
+
+    References:
+        LeCun, Bottou, Bengio and Haffner (1998). Gradient-based learning applied to document
+        recognition. Proceedings of the IEEE 86, 2278-2324.
+    """
+
+    DATASET = "mnist"
+    CITATION = "LeCun et al. (1998), Proc. IEEE 86, 2278-2324, doi:10.1109/5.726791"
+    MANUAL_DOWNLOAD_INSTRUCTIONS = _idx.download_instructions("mnist", "the manual directory")
+
+
+class FashionMnistIdx(_IdxImages):
+    """Fashion-MNIST clothing images, 28 x 28 uint8, from the genuine IDX files; 10 classes.
+
+    Splits: `train` (60,000) and `test` (10,000), from the four IDX files of the same names as
+    MNIST's (gzipped or not) in the manual directory, in file order. Labels 0..9 are
+    T-shirt/top, Trouser, Pullover, Dress, Coat, Sandal, Shirt, Sneaker, Bag, Ankle boot.
+
+    References:
+        Xiao, Rasul and Vollgraf (2017). Fashion-MNIST: a novel image dataset for benchmarking
+        machine learning algorithms. arXiv:1708.07747.
+    """
+
+    DATASET = "fashion_mnist"
+    CITATION = "Xiao, Rasul and Vollgraf (2017), arXiv:1708.07747"
+    MANUAL_DOWNLOAD_INSTRUCTIONS = _idx.download_instructions(
+        "fashion_mnist", "the manual directory"
+    )
+
+
+BUILDERS = {"shd": Shd, "nmnist": Nmnist, "mnist": MnistIdx, "fashion_mnist": FashionMnistIdx}

