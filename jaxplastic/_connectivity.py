@@ -9,6 +9,7 @@ rewiring rewrites values in place, so everything compiles once.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -204,17 +205,7 @@ def build_column_view(post: Int[Array, "pre cap"], n_post: int, column_capacity:
         raise ValueError(f"column_capacity: expected a positive int, got {column_capacity!r}")
     n_pre, cap = post.shape
     _check_index_width(n_pre, n_post, cap, column_capacity)
-    idx = _index_dtype()
-    num_slots = n_pre * cap
-    target = post.ravel()
-    order = jnp.argsort(target, stable=True)
-    sorted_target = target[order]
-    start = jnp.searchsorted(sorted_target, jnp.arange(n_post + 1, dtype=target.dtype))
-    pos_sorted = jnp.arange(num_slots, dtype=idx) - start[sorted_target].astype(idx)
-    position = jnp.zeros(num_slots, idx).at[order].set(pos_sorted)
-    live = target != n_post
-    position = jnp.where(live, position, column_capacity)
-    counts = jnp.bincount(target, length=n_post + 1)[:n_post]
+    pre_slot, position, counts = _column_arrays(post, n_post, column_capacity)
     if _is_concrete(counts):
         counts_np = np.asarray(counts)
         if counts_np.size and counts_np.max() > column_capacity:
@@ -227,9 +218,26 @@ def build_column_view(post: Int[Array, "pre cap"], n_post: int, column_capacity:
         position = eqx.error_if(
             position, jnp.any(counts > column_capacity), "a column exceeds column_capacity"
         )
+    return ColumnView(pre_slot=pre_slot, position=position)
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _column_arrays(post, n_post, column_capacity):
+    n_pre, cap = post.shape
+    idx = _index_dtype()
+    num_slots = n_pre * cap
+    target = post.ravel()
+    order = jnp.argsort(target, stable=True)
+    sorted_target = target[order]
+    start = jnp.searchsorted(sorted_target, jnp.arange(n_post + 1, dtype=target.dtype))
+    pos_sorted = jnp.arange(num_slots, dtype=idx) - start[sorted_target].astype(idx)
+    position = jnp.zeros(num_slots, idx).at[order].set(pos_sorted)
+    live = target != n_post
+    position = jnp.where(live, position, column_capacity)
+    counts = jnp.bincount(target, length=n_post + 1)[:n_post]
     pre_slot = jnp.full((n_post, column_capacity), num_slots, idx)
     pre_slot = pre_slot.at[target, position].set(jnp.arange(num_slots, dtype=idx), mode="drop")
-    return ColumnView(pre_slot=pre_slot, position=position.reshape(n_pre, cap))
+    return pre_slot, position.reshape(n_pre, cap), counts
 
 
 def _check_values(conn: RaggedConnectivity) -> None:
@@ -353,6 +361,33 @@ def _binomial_capacity(n_trials: int, p: float, n_rows: int, tail: float = 1e-6)
     return max(min(c + 1, n_trials), 1)
 
 
+@functools.partial(jax.jit, static_argnums=(2, 3, 4, 5, 6, 7))
+def _sample_rows(key, p, n_pre, n_post, n_targets, capacity, autapses, certain):
+    """Pairwise-Bernoulli targets of every row by geometric skipping; jitted as one program
+    (op-by-op dispatch of these few ops costs seconds of compilation per new shape)."""
+    # cap + 1 gaps: the last one tells whether the row would overflow its capacity.
+    # One key per row and a 1-D draw per row: the same seed gives the same network whatever
+    # the capacity (padding), since a 1-D draw's prefix does not depend on its length.
+    u = jax.vmap(
+        lambda k: jr.uniform(k, (capacity + 1,), minval=jnp.finfo(jnp.float32).tiny, maxval=1.0)
+    )(jr.split(key, n_pre))
+    ceiling = n_targets + 1
+    if certain:
+        gaps = jnp.ones(u.shape, jnp.int32)
+    else:
+        gaps = jnp.floor(jnp.log(u) / jnp.log1p(-p)) + 1.0
+        gaps = jnp.minimum(gaps, ceiling).astype(jnp.int32)
+    position = jax.lax.associative_scan(lambda a, b: jnp.minimum(a + b, ceiling), gaps, axis=1) - 1
+    overflow = position[:, capacity] < n_targets
+    position = position[:, :capacity]
+    live = position < n_targets
+    target = position
+    if not autapses:
+        target = target + (target >= jnp.arange(n_pre)[:, None]).astype(target.dtype)
+    post = jnp.where(live, target, n_post).astype(_index_dtype())
+    return post, live, overflow
+
+
 def fixed_probability(
     key: PRNGKeyArray,
     n_pre: int,
@@ -415,26 +450,9 @@ def fixed_probability(
         raise ValueError(f"capacity: expected a positive int, got {capacity!r}")
     _check_index_width(n_pre, n_post, capacity, column_capacity or 0)
     k_gap, k_init = jr.split(key)
-    # cap + 1 gaps: the last one tells whether the row would overflow its capacity.
-    # One key per row and a 1-D draw per row: the same seed gives the same network whatever
-    # the capacity (padding), since a 1-D draw's prefix does not depend on its length.
-    u = jax.vmap(
-        lambda k: jr.uniform(k, (capacity + 1,), minval=jnp.finfo(jnp.float32).tiny, maxval=1.0)
-    )(jr.split(k_gap, n_pre))
-    ceiling = n_targets + 1
-    if p >= 1.0:
-        gaps = jnp.ones(u.shape, jnp.int32)
-    else:
-        gaps = jnp.floor(jnp.log(u) / jnp.log1p(-jnp.float32(p))) + 1.0
-        gaps = jnp.minimum(gaps, ceiling).astype(jnp.int32)
-    position = jax.lax.associative_scan(lambda a, b: jnp.minimum(a + b, ceiling), gaps, axis=1) - 1
-    overflow = position[:, capacity] < n_targets
-    position = position[:, :capacity]
-    live = position < n_targets
-    target = position
-    if not autapses:
-        target = target + (target >= jnp.arange(n_pre)[:, None]).astype(target.dtype)
-    post = jnp.where(live, target, n_post).astype(_index_dtype())
+    post, live, overflow = _sample_rows(
+        k_gap, jnp.float32(p), n_pre, n_post, n_targets, capacity, autapses, float(p) >= 1.0
+    )
     if _is_concrete(overflow):
         if bool(np.asarray(overflow).any()):
             i = int(np.argmax(np.asarray(overflow)))
