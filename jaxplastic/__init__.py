@@ -2,7 +2,7 @@
 
 import importlib.metadata
 
-from . import datasets as datasets
+from . import datasets as datasets, learning as learning, models as models, plasticity as plasticity
 from ._connectivity import (
     ColumnView as ColumnView,
     RaggedConnectivity as RaggedConnectivity,

@@ -12,6 +12,7 @@ import sys
 
 _COMMANDS = {
     "demo": "jaxplastic._demo_cli",
+    "topomap": "jaxplastic.models._topomap_cli",
 }
 
 
