@@ -1,0 +1,425 @@
+"""Cost of structural plasticity on a 10,000 x 100-slot projection.
+
+Times, in one process and interleaved repeat by repeat:
+
+- one structural step with 0.1 %, 1 % and 10 % of the live synapses changed:
+  ``remove`` (:func:`jaxplastic.remove_synapses` with a random mask), ``add``
+  (:func:`jaxplastic.add_synapses` of as many random proposals), ``prune+regrow`` (both, as
+  DEEP R does) and ``update_rows`` (a per-row rule that prunes the weakest synapses and
+  proposes as many random targets as it pruned);
+- each step with and without a column view: the difference is the cost of the incremental
+  column upkeep, compared with a full rebuild of the column view (``build_column_view``,
+  the XLA reference for the upkeep);
+- 10 simulation steps of the same projection at 5 % presynaptic activity
+  (a ``lax.scan`` of :func:`jaxplastic.propagate`).
+
+Every function is jitted and compiled ahead of time (compile time reported separately); the
+changes' inputs are generated outside the timed region. Each repeat visits every case once,
+in a rotating order, so that load on a shared machine hits all cases alike; the table reports
+medians. By default the projection is donated to the structural step, as it is in a training
+loop whose step takes the projection as a donated argument or a ``scan`` carry (the arrays are
+then updated in place); ``--no-donate`` times the copying variant as well.
+
+Usage::
+
+    python benchmarks/rewiring.py                 # default sizes, a few minutes on 2 CPU cores
+    python benchmarks/rewiring.py --repeats 15 --out /tmp/rewiring.json
+    python benchmarks/rewiring.py --n 1000 --repeats 3   # smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+from scipy.stats import binom
+
+import jaxplastic as jp
+from jaxplastic._connectivity import build_column_view
+
+FRACTIONS = (0.001, 0.01, 0.1)
+OPS = ("remove", "add", "prune+regrow", "update_rows")
+
+
+# -- the projection and the changes ----------------------------------------------------------
+
+
+def make_projection(
+    rng: np.random.Generator, n: int, capacity: int, fill: int, column_capacity: int
+) -> jp.RaggedConnectivity:
+    """``n x n`` projection, every row holding ``fill`` distinct random targets (sorted) in its
+    first slots; the column lengths are then Binomial, far below ``column_capacity``."""
+    post = np.full((n, capacity), n, np.int32)
+    for i in range(n):
+        post[i, :fill] = np.sort(rng.choice(n, fill, replace=False))
+    weight = np.where(post != n, rng.normal(size=post.shape), 0).astype(np.float32)
+    conn = jp.RaggedConnectivity(jnp.asarray(post), {"weight": jnp.asarray(weight)}, None, n)
+    return conn.with_column_view(column_capacity)
+
+
+def removal_mask(rng: np.random.Generator, conn: jp.RaggedConnectivity, count: int) -> jax.Array:
+    """``count`` live slots, chosen uniformly without replacement."""
+    live = np.flatnonzero(np.asarray(conn.alive))
+    mask = np.zeros(conn.post.size, bool)
+    mask[rng.choice(live, count, replace=False)] = True
+    return jnp.asarray(mask.reshape(conn.post.shape))
+
+
+def proposals(rng: np.random.Generator, conn: jp.RaggedConnectivity, count: int):
+    """``count`` uniformly random (row, target) proposals with random weights."""
+    rows = jnp.asarray(rng.integers(0, conn.n_pre, count, dtype=np.int32))
+    targets = jnp.asarray(rng.integers(0, conn.n_post, count, dtype=np.int32))
+    values = {"weight": jnp.asarray(rng.normal(size=count).astype(np.float32))}
+    return rows, targets, values
+
+
+def prune_regrow_rule(threshold: float, k_max: int) -> Callable:
+    """Removes every synapse whose weight magnitude is below ``threshold`` and proposes as many
+    uniformly random targets as it removed (at most ``k_max``), as a DEEP R step does per row
+    (DEEP R prunes on a sign change rather than a magnitude, which costs the same)."""
+
+    def rule(row: jp.RowView, pre, post, key) -> jp.RowUpdate:
+        remove = row.alive & (jnp.abs(row.synapses["weight"]) < threshold)
+        n_removed = jnp.sum(remove, dtype=jnp.int32)
+        targets = jr.randint(key, (k_max,), 0, row.n_post, dtype=row.post.dtype)
+        add_post = jnp.where(jnp.arange(k_max) < n_removed, targets, row.n_post)
+        return jp.RowUpdate(remove, add_post, {"weight": jnp.full((k_max,), 0.01, jnp.float32)})
+
+    return rule
+
+
+def magnitude_quantile(conn: jp.RaggedConnectivity, fraction: float) -> float:
+    """The weight magnitude below which ``fraction`` of the live synapses lie."""
+    weight = np.abs(np.asarray(conn.weight)[np.asarray(conn.alive)])
+    return float(np.quantile(weight, fraction))
+
+
+def rule_width(fill: int, fraction: float, n_rows: int) -> int:
+    """Proposals per row: the row-wise removal count stays below it except with probability
+    ~1e-3 over the whole projection (such a row then regrows only ``k_max``)."""
+    return max(1, int(binom.isf(1e-3 / n_rows, fill, fraction)) + 1)
+
+
+# -- the timed functions -----------------------------------------------------------------------
+
+
+def step_remove(conn, mask):
+    return jp.remove_synapses(conn, mask)
+
+
+def step_add(conn, rows, targets, values):
+    return jp.add_synapses(conn, rows, targets, values)
+
+
+def step_prune_regrow(conn, mask, rows, targets, values):
+    conn, removed = jp.remove_synapses(conn, mask)
+    conn, added = jp.add_synapses(conn, rows, targets, values)
+    return conn, removed.merge(added)
+
+
+def make_step_update_rows(threshold: float, k_max: int):
+    rule = prune_regrow_rule(threshold, k_max)
+
+    def step(conn, key):
+        return jp.update_rows(conn, rule, key)
+
+    return step
+
+
+def make_rebuild(n_post: int, column_capacity: int):
+    def rebuild(post):
+        return build_column_view(post, n_post, column_capacity)
+
+    return rebuild
+
+
+def simulate_10(conn, spikes):
+    """10 propagation steps: ``spikes`` is ``bool[10, n_pre]``."""
+
+    def body(carry, s):
+        return carry, jp.propagate(conn, s)
+
+    return jax.lax.scan(body, None, spikes)[1]
+
+
+# -- timing ------------------------------------------------------------------------------------
+
+
+class Case:
+    """One compiled function and the arguments it is timed on.
+
+    With ``donate``, the first argument is consumed by each call, so a fresh copy of it is
+    made (outside the timed region) before every call.
+    """
+
+    def __init__(self, name: str, fn: Callable, args: tuple, donate: bool, meta: dict):
+        self.name, self.args, self.donate, self.meta = name, args, donate, meta
+        jitted = jax.jit(fn, donate_argnums=(0,) if donate else ())
+        jax.clear_caches()  # so that each compile time is a full one
+        t0 = time.perf_counter()
+        self.compiled = jitted.lower(*args).compile()
+        self.compile_s = time.perf_counter() - t0
+        self.times: list[float] = []
+
+    def _fresh_args(self) -> tuple:
+        if not self.donate:
+            return self.args
+        first = jax.tree.map(jnp.copy, self.args[0])
+        jax.block_until_ready(first)
+        return (first, *self.args[1:])
+
+    def run(self) -> float:
+        args = self._fresh_args()
+        t0 = time.perf_counter()
+        out = self.compiled(*args)
+        jax.block_until_ready(out)
+        return time.perf_counter() - t0
+
+    def warm_up(self, n: int) -> None:
+        for _ in range(n):
+            self.run()
+
+    def measure(self) -> None:
+        self.times.append(self.run())
+
+    @property
+    def median_ms(self) -> float:
+        return 1e3 * statistics.median(self.times)
+
+
+def paired_median_ms(a: Case, b: Case) -> float:
+    """Median over repeats of ``a - b`` (cases timed back to back in each repeat)."""
+    return 1e3 * statistics.median(x - y for x, y in zip(a.times, b.times, strict=True))
+
+
+# -- main --------------------------------------------------------------------------------------
+
+
+def make_changes(conn, rng, args) -> dict[float, dict[str, Any]]:
+    """The inputs of every structural step, drawn once (outside any timed region)."""
+    n_live = int(conn.num_synapses)
+    changes = {}
+    for fraction in args.fractions:
+        count = max(1, round(fraction * n_live))
+        changes[fraction] = {
+            "count": count,
+            "mask": removal_mask(rng, conn, count),
+            "proposals": proposals(rng, conn, count),
+            "k_max": rule_width(args.fill, fraction, conn.n_pre),
+            "threshold": magnitude_quantile(conn, fraction),
+        }
+    return changes
+
+
+def build_cases(conn, changes, args, donate: bool) -> list[Case]:
+    no_col = conn.without_column_view()
+    cases: list[Case] = []
+    tag = "donated" if donate else "copied"
+    for fraction, change in changes.items():
+        mask, (rows, targets, values) = change["mask"], change["proposals"]
+        inputs = {
+            "remove": (step_remove, (mask,)),
+            "add": (step_add, (rows, targets, values)),
+            "prune+regrow": (step_prune_regrow, (mask, rows, targets, values)),
+            "update_rows": (
+                make_step_update_rows(change["threshold"], change["k_max"]),
+                (jr.key(args.seed),),
+            ),
+        }
+        for op in OPS:
+            fn, extra = inputs[op]
+            for column, c in (("column", conn), ("no column", no_col)):
+                meta = {"op": op, "fraction": fraction, "column": column, "mode": tag}
+                name = f"{op} {fraction:g} {column} {tag}"
+                cases.append(Case(name, fn, (c, *extra), donate, meta))
+                print(f"  compiled {name:40s} {cases[-1].compile_s:6.2f} s", flush=True)
+    return cases
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=11, help="timed repeats per case")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed calls per case")
+    parser.add_argument("--n", type=int, default=10_000, help="n_pre = n_post")
+    parser.add_argument("--capacity", type=int, default=100)
+    parser.add_argument("--fill", type=int, default=80, help="live synapses per row")
+    parser.add_argument("--column-capacity", type=int, default=160)
+    parser.add_argument("--activity", type=float, default=0.05, help="spiking fraction")
+    parser.add_argument("--fractions", type=float, nargs="+", default=list(FRACTIONS))
+    parser.add_argument(
+        "--no-donate", action="store_true", help="also time the steps without donation"
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--out", type=Path, default=Path(__file__).parent / "results" / "rewiring.json"
+    )
+    args = parser.parse_args(argv)
+    if args.repeats < 1:
+        parser.error("--repeats must be at least 1")
+
+    device = jax.devices()[0]
+    load_start = os.getloadavg()[0]
+    print(
+        f"jax {jax.__version__}, device {device.device_kind} ({device.platform}), "
+        f"{os.cpu_count()} CPUs, load average {load_start:.1f}"
+    )
+    rng = np.random.default_rng(args.seed)
+    conn = make_projection(rng, args.n, args.capacity, args.fill, args.column_capacity)
+    print(
+        f"projection {conn.n_pre} x {conn.capacity} slots, {int(conn.num_synapses)} synapses, "
+        f"column capacity {conn.column_capacity} (longest column "
+        f"{int(conn.column_lengths.max())})"
+    )
+
+    changes = make_changes(conn, rng, args)
+    cases = build_cases(conn, changes, args, donate=True)
+    if args.no_donate:
+        cases += build_cases(conn, changes, args, donate=False)
+    n_spiking = round(args.activity * args.n)
+    spikes = np.zeros((10, args.n), bool)
+    for t in range(10):
+        spikes[t, rng.choice(args.n, n_spiking, replace=False)] = True
+    simulate = Case("simulate x10", simulate_10, (conn, jnp.asarray(spikes)), False, {})
+    rebuild = Case(
+        "rebuild column view",
+        make_rebuild(conn.n_post, args.column_capacity),
+        (conn.post,),
+        False,
+        {},
+    )
+    cases += [simulate, rebuild]
+    for c in (simulate, rebuild):
+        print(f"  compiled {c.name:40s} {c.compile_s:6.2f} s", flush=True)
+
+    for c in cases:
+        c.warm_up(args.warmup)
+    for r in range(args.repeats):
+        shift = r % len(cases)
+        for c in cases[shift:] + cases[:shift]:
+            c.measure()
+        print(f"  repeat {r + 1}/{args.repeats}", flush=True)
+
+    by_key = {
+        (c.meta["op"], c.meta["fraction"], c.meta["column"], c.meta["mode"]): c
+        for c in cases
+        if c.meta
+    }
+    rows = []
+    for mode in ("donated", "copied") if args.no_donate else ("donated",):
+        for op in OPS:
+            for fraction in args.fractions:
+                col = by_key[(op, fraction, "column", mode)]
+                nocol = by_key[(op, fraction, "no column", mode)]
+                upkeep = paired_median_ms(col, nocol)
+                rows.append(
+                    {
+                        "op": op,
+                        "mode": mode,
+                        "fraction": fraction,
+                        "changed": changes[fraction]["count"],
+                        "with_column_ms": col.median_ms,
+                        "without_column_ms": nocol.median_ms,
+                        "upkeep_ms": upkeep,
+                        "rebuild_over_upkeep": rebuild.median_ms / upkeep if upkeep > 0 else None,
+                        "step_over_simulate10": col.median_ms / simulate.median_ms,
+                        "compile_s": col.compile_s,
+                        "min_with_column_ms": 1e3 * min(col.times),
+                        "min_without_column_ms": 1e3 * min(nocol.times),
+                        "times_ms": [1e3 * t for t in col.times],
+                        "times_no_column_ms": [1e3 * t for t in nocol.times],
+                    }
+                )
+    result = {
+        "benchmark": "rewiring",
+        "jax_version": jax.__version__,
+        "device": f"{device.device_kind} ({device.platform})",
+        "host": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        # 1-minute load average before and after: other processes on a shared machine make
+        # the medians noisy, and this says how busy the machine was.
+        "load_average": [load_start, os.getloadavg()[0]],
+        "repeats": args.repeats,
+        "activity": args.activity,
+        "projection": {
+            "n_pre": conn.n_pre,
+            "n_post": conn.n_post,
+            "capacity": conn.capacity,
+            "column_capacity": conn.column_capacity,
+            "synapses": int(conn.num_synapses),
+        },
+        "fractions": {
+            f"{fraction:g}": {
+                "changed": change["count"],
+                "update_rows_k_max": change["k_max"],
+                "update_rows_threshold": change["threshold"],
+            }
+            for fraction, change in changes.items()
+        },
+        "simulate10_ms": simulate.median_ms,
+        "simulate10_compile_s": simulate.compile_s,
+        "simulate10_times_ms": [1e3 * t for t in simulate.times],
+        "rebuild_ms": rebuild.median_ms,
+        "rebuild_compile_s": rebuild.compile_s,
+        "rebuild_times_ms": [1e3 * t for t in rebuild.times],
+        "rows": rows,
+    }
+    one = [r for r in rows if r["mode"] == "donated" and math.isclose(r["fraction"], 0.01)]
+    result["targets"] = {
+        r["op"]: {
+            "upkeep_10x_cheaper_than_rebuild": bool(
+                r["rebuild_over_upkeep"] is None or r["rebuild_over_upkeep"] >= 10
+            ),
+            "step_cheaper_than_10_simulation_steps": bool(r["step_over_simulate10"] < 1),
+        }
+        for r in one
+    }
+    result["table"] = markdown_table(result)
+    print()
+    print(result["table"])
+    print()
+    for op, met in result["targets"].items():
+        print(f"  at 1 %, {op}: " + ", ".join(f"{k} = {v}" for k, v in met.items()))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"\nwrote {args.out}")
+    return result
+
+
+def markdown_table(result: dict[str, Any]) -> str:
+    lines = [
+        f"jax {result['jax_version']}, {result['device']} ({result['cpus']} CPUs, load average "
+        f"{result['load_average'][0]:.1f} -> {result['load_average'][1]:.1f}), "
+        f"median of {result['repeats']}; "
+        f"10 simulation steps at {100 * result['activity']:g} % activity: "
+        f"{result['simulate10_ms']:.2f} ms; "
+        f"full column rebuild: {result['rebuild_ms']:.2f} ms.",
+        "",
+        "| step | mode | changed | with column (ms) | without column (ms) | upkeep (ms) "
+        "| rebuild / upkeep | step / 10 sim steps | compile (s) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in result["rows"]:
+        ratio = r["rebuild_over_upkeep"]
+        ratio_s = "upkeep ~0" if ratio is None else f"{ratio:.1f}x"
+        lines.append(
+            f"| {r['op']} | {r['mode']} | {100 * r['fraction']:g} % ({r['changed']}) "
+            f"| {r['with_column_ms']:.2f} | {r['without_column_ms']:.2f} | {r['upkeep_ms']:.2f} "
+            f"| {ratio_s} | {r['step_over_simulate10']:.2f} | {r['compile_s']:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
