@@ -3,6 +3,12 @@
 import importlib.metadata
 
 from . import datasets as datasets, learning as learning, models as models, plasticity as plasticity
+from ._checkpoint import (
+    CheckpointError as CheckpointError,
+    latest_checkpoint as latest_checkpoint,
+    load_checkpoint as load_checkpoint,
+    save_checkpoint as save_checkpoint,
+)
 from ._connectivity import (
     ColumnView as ColumnView,
     RaggedConnectivity as RaggedConnectivity,
