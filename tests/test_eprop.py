@@ -277,7 +277,7 @@ def test_silent_network_gives_finite_gradients(getkey):
 
 def test_unknown_mode_raises():
     with pytest.raises(ValueError, match="mode"):
-        eprop(mode="factorized")
+        eprop(mode="offline")
 
 
 @pytest.mark.parametrize(

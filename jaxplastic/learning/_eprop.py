@@ -47,6 +47,15 @@ Memory: the scan carries per-example traces (``ebar``, and ``eps_a`` for ALIF) o
 ``[batch, pre, cap]`` per ragged projection (``[batch, pre, post]`` dense) plus one batch-summed
 gradient accumulator per parameter; nothing grows with the number of time steps.
 
+``mode="factorized"`` computes the same gradients without any per-synapse trace. Summing the
+recursions above by parts (derivation in :func:`_factorized_gradients`), the gradient of a
+hidden-layer weight is ``grad_ji = sum_(t, b) xpre_i(t) Mbar_j(t)``, with ``xpre`` the
+presynaptic spikes that entered ``I(t)`` (``x(t)`` or ``z(t-1)``) and ``Mbar`` a per-neuron
+signal obtained by one reverse scan over the recorded ``psi``, ``R`` and ``E``. The gradient
+is then one product over ``time x batch``: a GEMM for dense matrices, a sampled product at
+the live slots for ragged ones. Memory grows with ``time x batch x neurons`` (the records)
+instead of ``batch x synapses``; the result equals online e-prop's to float rounding.
+
 References:
     Bellec, Scherr, Subramoney, Hajek, Salaj, Legenstein & Maass (2020), "A solution to the
     learning dilemma for recurrent networks of spiking neurons", Nature Communications 11, 3625.
@@ -65,8 +74,9 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from .._custom_types import Array, ArrayLike, Float, Int, PRNGKeyArray, Shaped
+from .._custom_types import Array, ArrayLike, Float, Impl, Int, PRNGKeyArray, Shaped
 from .._neurons import ALIF, LIF
+from .._sampled_matmul import sampled_matmul
 from ..models._classifier import (
     AbstractClassifier,
     ClassifierState,
@@ -84,7 +94,8 @@ __all__ = [
     "train_step",
 ]
 
-_MODES = ("online",)
+_MODES = ("online", "factorized")
+_IMPLS = ("auto", "xla", "pallas")
 
 
 class ProjectionTraces(NamedTuple):
@@ -188,7 +199,12 @@ class Eprop(NamedTuple):
         finalize: `finalize(model, state, *, labels) -> (grads, EpropInfo)`, the gradient
             pytree (shaped like `eqx.filter(model, eqx.is_inexact_array)`) and diagnostics.
         gradients: `gradients(model, spikes, *, labels, dt=1.0) -> (grads, EpropInfo)` for a
-            whole batch `[batch, time, in]`: `init`, a `lax.scan` of `step`, `finalize`.
+            whole batch `[batch, time, in]`: `init`, a `lax.scan` of `step`, `finalize`
+            (`mode="online"`), or a forward scan, a reverse scan over per-neuron signals and
+            one product per projection (`mode="factorized"`, the same result).
+
+    `init`, `step` and `finalize` are online in both modes: streaming, one step at a time,
+    cannot filter the future backwards.
     """
 
     init: Callable[..., EpropState]
@@ -348,6 +364,170 @@ def _model_gradients(model: AbstractClassifier, acc: EpropGradients):
     return eqx.tree_at(lambda m: m._weights(), grads, replace=tuple(acc))
 
 
+def _checked_batch(owner: str, model: AbstractClassifier, spikes, labels) -> tuple[Array, Array]:
+    """`spikes [batch, time, in]` and `labels [batch]` as arrays, checked (labels at runtime)."""
+    spikes = jnp.asarray(spikes)
+    if spikes.ndim != 3 or spikes.shape[-1] != model.n_in:
+        raise ValueError(
+            f"{owner}: spikes: expected shape [batch, time, {model.n_in}], got {spikes.shape}"
+        )
+    batch = spikes.shape[0]
+    labels = jnp.asarray(labels)
+    if labels.shape != (batch,) or not jnp.issubdtype(labels.dtype, jnp.integer):
+        raise ValueError(
+            f"{owner}: labels: expected int[{batch}], got {labels.dtype}{labels.shape}"
+        )
+    labels = eqx.error_if(
+        labels,
+        (labels < 0) | (labels >= model.n_out),
+        f"{owner}: labels must lie in [0, {model.n_out})",
+    )
+    return spikes, labels
+
+
+# -- factorized e-prop: the same gradients as one sampled matrix product over time ----------
+
+
+class _Signals(NamedTuple):
+    """Per-neuron, per-example signals of one step, stacked over time by the forward scan."""
+
+    z: Float[Array, "batch hidden"]  # hidden spikes z(t)
+    psi: Float[Array, "batch hidden"]  # pseudo-derivative psi(t)
+    reg: Float[Array, "batch hidden"]  # regularisation signal c_reg (f(t) - f_target)
+    error: Float[Array, "batch out"]  # output error E(t) = softmax(V(t)) - y
+
+
+def _factorized_gradients(
+    model: AbstractClassifier,
+    spikes: Shaped[Array, "batch time in"],
+    labels: Int[Array, " batch"],
+    *,
+    dt: float,
+    c_reg: float,
+    f_target_hz: float,
+    tau_rate: float,
+    impl: Impl,
+) -> tuple[Any, EpropInfo]:
+    """Online e-prop's gradients from per-neuron signals: no per-synapse trace anywhere.
+
+    Forward scan: the network steps exactly as in online e-prop (same operations, so the same
+    spikes) and records ``z, psi, R, E`` per step and example. Reverse scan (per neuron):
+
+    - ``Ebar(s) = E(s) + kappa Ebar(s+1)`` (the error filtered backwards in time), so that
+      ``Lbar(s) = sum_{t>=s} kappa^(t-s) L(t) = w_out Ebar(s)`` and
+      ``G(s) = Lbar(s) + R(s)``, everything that multiplies ``e_ji(s)``:
+      ``sum_t ebar(t) L(t) + R(t) e(t) = sum_s e(s) G(s)``;
+    - LIF, ``e_ji(s) = psi_j(s) zbar_i(s)``: ``M(s) = psi(s) G(s)``;
+    - ALIF, ``e(s) = psi(s) (zbar(s) - beta rho eps(s-1))`` with
+      ``eps(s) = psi(s) zbar(s) + (rho - beta rho psi(s)) eps(s-1)``: unrolling ``eps``,
+      ``M(s) = psi(s) (G(s) - beta rho Q(s))`` with the reverse recursion
+      ``Q(s) = psi(s+1) G(s+1) + (rho - beta rho psi(s+1)) Q(s+1)``, ``Q(T-1) = 0``;
+    - ``Mbar(s) = M(s) + alpha Mbar(s+1)``: the presynaptic filter moved onto the
+      postsynaptic side, ``sum_s zbar_i(s) M_j(s) = sum_u x_i(u) Mbar_j(u)`` because
+      ``zbar_i(s) = sum_{u<=s} alpha^(s-u) x_i(u)``.
+
+    So ``grad W_in = sum_(t,b) x(t) Mbar(t)^T`` and ``grad W_rec = sum_(t,b) z(t-1) Mbar(t)^T``:
+    a GEMM over ``k = time x batch`` for dense matrices, the sampled product at the live slots
+    (:func:`~jaxplastic._sampled_matmul.sampled_matmul`) for ragged ones. The readout:
+    ``grad w_out = sum z(t) Ebar(t)^T``, ``grad b_out = sum Ebar(t)``.
+    """
+    c = _constants(model, dt, tau_rate, f_target_hz)
+    dtype = model.w_out.dtype
+    batch, num_steps, _ = spikes.shape
+    target = jax.nn.one_hot(labels, model.n_out, dtype=dtype)
+    hi = lax.Precision.HIGHEST
+
+    # Forward: the network, step for step as online e-prop runs it (module docstring, 1-3).
+    def forward(carry, _):
+        net, rate, loss, prediction, rate_hz, t = carry
+        x = lax.dynamic_index_in_dim(spikes, t, axis=1, keepdims=False).astype(dtype)
+        current = model.hidden_input(x, net.spikes)
+
+        def spikes_of(i):
+            new_state, z = model.hidden.step(net.hidden, i, dt=dt)
+            return z, new_state
+
+        z, psi, hidden = jax.jvp(spikes_of, (current,), (jnp.ones_like(current),), has_aux=True)
+        v = model.readout_step(net.readout, z, dt=dt)
+        softmax = jax.nn.softmax(v, axis=-1)
+        error = softmax - target
+        rate = c.rate_decay * rate + (1.0 - c.rate_decay) * z
+        reg = c_reg * (rate - c.f_target)
+        log_p = jax.nn.log_softmax(v, axis=-1)
+        carry = (
+            ClassifierState(hidden=hidden, readout=v, spikes=z),
+            rate,
+            loss - jnp.sum(target * log_p),
+            prediction + softmax,
+            rate_hz + jnp.mean(z) * (1000.0 / dt),
+            t + 1,
+        )
+        return carry, _Signals(z=z, psi=psi, reg=reg, error=error)
+
+    hidden_zeros = jnp.zeros((batch, model.n_hidden), dtype)
+    scalar = jnp.zeros((), dtype)
+    carry = (
+        model.init(batch),
+        hidden_zeros,
+        scalar,
+        jnp.zeros((batch, model.n_out), dtype),
+        scalar,
+        jnp.zeros((), jnp.int32),
+    )
+    (_, _, loss, prediction, rate_hz, _), signals = lax.scan(forward, carry, None, length=num_steps)
+
+    # Reverse: M(s) per neuron (see the docstring), filtered backwards with alpha.
+    adaptive = isinstance(model.hidden, ALIF)
+
+    def backward(carry, s: _Signals):
+        ebar_next, mbar_next, q = carry
+        ebar = s.error + c.kappa * ebar_next
+        g = jnp.dot(ebar, model.w_out.T, precision=hi) + s.reg
+        p = s.psi * g
+        if adaptive:
+            m = p - c.beta_rho * s.psi * q
+            q = p + (c.rho - c.beta_rho * s.psi) * q
+        else:
+            m = p
+        mbar = m + c.alpha * mbar_next
+        return (ebar, mbar, q), (ebar, mbar)
+
+    carry = (jnp.zeros((batch, model.n_out), dtype), hidden_zeros, hidden_zeros)
+    _, (ebar, mbar) = lax.scan(backward, carry, signals, reverse=True)
+
+    # Products over k = (batch, time), batch-major like the input spikes.
+    def flat(x):  # [time, batch, n] -> [batch * time, n]
+        return jnp.moveaxis(x, 0, 1).reshape(batch * num_steps, x.shape[-1])
+
+    m_k = flat(mbar)
+    z = signals.z
+    z_prev = flat(jnp.concatenate([jnp.zeros_like(z[:1]), z], axis=0)[:num_steps])
+    x_k = spikes.reshape(batch * num_steps, model.n_in)
+    if jnp.issubdtype(x_k.dtype, jnp.floating) or isinstance(model, DenseClassifier):
+        x_k = x_k.astype(dtype)  # bool/int spikes go to the sampled product as they are
+    if isinstance(model, RecurrentClassifier):
+        n_hidden = model.n_hidden
+        g_in = sampled_matmul(model.input.post, x_k, m_k, n_post=n_hidden, impl=impl)
+        g_rec = sampled_matmul(model.recurrent.post, z_prev, m_k, n_post=n_hidden, impl=impl)
+    else:
+        g_in = jnp.dot(x_k.T, m_k, precision=hi)
+        g_rec = jnp.dot(z_prev.T, m_k, precision=hi)
+    g_out = jnp.einsum("tbh,tbo->ho", z, ebar, precision=hi)
+    g_b = jnp.sum(ebar, axis=(0, 1))
+    grads = _model_gradients(
+        model, EpropGradients(input=g_in, recurrent=g_rec, w_out=g_out, b_out=g_b)
+    )
+
+    steps = jnp.asarray(max(num_steps, 1), dtype)
+    correct = jnp.argmax(prediction, axis=-1) == labels
+    return grads, EpropInfo(
+        loss=loss / (steps * batch),
+        accuracy=jnp.mean(correct.astype(dtype)),
+        prediction=prediction,
+        rate_hz=rate_hz / steps,
+    )
+
+
 # -- the rule --------------------------------------------------------------------------------
 
 
@@ -356,9 +536,10 @@ def eprop(
     c_reg: float = 0.001,
     f_target_hz: float = 10.0,
     tau_rate: float = 500.0,
-    mode: Literal["online"] = "online",
+    mode: Literal["online", "factorized"] = "online",
+    impl: Impl = "auto",
 ) -> Eprop:
-    """Online e-prop with symmetric feedback and firing-rate regularisation.
+    """e-prop with symmetric feedback and firing-rate regularisation, online or factorized.
 
     Per synapse $i \\to j$ and step $t$ (the exact ordering is in the module docstring):
     $e_{ji} = \\psi_j \\bar z_i$ (LIF) or
@@ -374,15 +555,24 @@ def eprop(
         c_reg: firing-rate regularisation strength (default 0.001).
         f_target_hz: target hidden firing rate (Hz; default 10).
         tau_rate: time constant of the online firing-rate estimate (ms; default 500).
-        mode: `"online"` (per-synapse traces carried through time; the only mode so far).
-            Static.
+        mode: how `gradients` computes the same gradients (static):
+            `"online"` carries per-synapse, per-example traces through time (memory
+            `O(batch x synapses)`, independent of the number of steps);
+            `"factorized"` records per-neuron signals in the forward pass, filters them
+            backwards in time and forms each weight gradient as one product over
+            time x batch, a GEMM (dense) or a sampled product at the live slots (ragged):
+            memory `O(time x batch x neurons)`, independent of the synapse count, and much
+            faster. Both give the same gradients to float rounding. `init`, `step` and
+            `finalize` (streaming, one step at a time) are online in both modes.
+        impl: the sampled product of the factorized mode on ragged projections:
+            `"xla"`, `"pallas"` or `"auto"` (Pallas on GPU, XLA elsewhere). Static.
 
     Returns:
         An :class:`Eprop` of pure functions `(init, step, finalize, gradients)`; none is
         jitted (jit the caller, e.g. :func:`train_step`).
 
     Raises:
-        ValueError: an unknown `mode` or a bad hyperparameter.
+        ValueError: an unknown `mode` or `impl`, or a bad hyperparameter.
 
     Example:
         >>> import jax, jax.numpy as jnp, equinox as eqx, optax
@@ -402,10 +592,9 @@ def eprop(
         arXiv:2510.19764.
     """
     if mode not in _MODES:
-        raise ValueError(
-            f"eprop: mode: expected one of {_MODES}, got {mode!r} (only the online mode with "
-            "per-synapse traces is implemented so far)"
-        )
+        raise ValueError(f"eprop: mode: expected one of {_MODES}, got {mode!r}")
+    if impl not in _IMPLS:
+        raise ValueError(f"eprop: impl: expected one of {_IMPLS}, got {impl!r}")
     for name, value, positive in (
         ("c_reg", c_reg, False),
         ("f_target_hz", f_target_hz, False),
@@ -629,23 +818,20 @@ def eprop(
             inexact leaves that are not trained), and an :class:`EpropInfo`.
         """
         _check_model(model)
-        spikes = jnp.asarray(spikes)
-        if spikes.ndim != 3 or spikes.shape[-1] != model.n_in:
-            raise ValueError(
-                f"eprop.gradients: spikes: expected shape [batch, time, {model.n_in}], "
-                f"got {spikes.shape}"
+        spikes, labels = _checked_batch("eprop.gradients", model, spikes, labels)
+        if mode == "factorized":
+            _check_dt(dt)
+            return _factorized_gradients(
+                model,
+                spikes,
+                labels,
+                dt=dt,
+                c_reg=c_reg,
+                f_target_hz=f_target_hz,
+                tau_rate=tau_rate,
+                impl=impl,
             )
         batch, num_steps, _ = spikes.shape
-        labels = jnp.asarray(labels)
-        if labels.shape != (batch,) or not jnp.issubdtype(labels.dtype, jnp.integer):
-            raise ValueError(
-                f"eprop.gradients: labels: expected int[{batch}], got {labels.dtype}{labels.shape}"
-            )
-        labels = eqx.error_if(
-            labels,
-            (labels < 0) | (labels >= model.n_out),
-            f"eprop.gradients: labels must lie in [0, {model.n_out})",
-        )
 
         def body(state, _):
             # Index the batch-major input in place (no time-major copy of the sequence, no
