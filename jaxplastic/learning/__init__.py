@@ -1,6 +1,16 @@
 """Learning rules: e-prop gradients for recurrent spiking classifiers, DEEP R rewiring."""
 
 from . import deep_r as deep_r
+from ._deep_r_train import (
+    DeepRCounts as DeepRCounts,
+    Trainer as Trainer,
+    TrainInfo as TrainInfo,
+    TrainState as TrainState,
+    deep_r_train_step as deep_r_train_step,
+    init_deep_r as init_deep_r,
+    trainer as trainer,
+    with_padding as with_padding,
+)
 from ._eprop import (
     Eprop as Eprop,
     EpropGradients as EpropGradients,
