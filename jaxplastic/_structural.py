@@ -205,6 +205,42 @@ def _remove_in_rows(
     return RaggedConnectivity(post, synapses, column, conn.n_post), removed
 
 
+def _remove_slots(
+    conn: RaggedConnectivity,
+    rows: Int[Array, " k"],
+    slots: Int[Array, " k"],
+    valid: Bool[Array, " k"],
+) -> tuple[RaggedConnectivity, Bool[Array, " k"]]:
+    """Removes the synapses at the listed slots ``(rows[e], slots[e])`` where ``valid``.
+
+    The valid pairs must be distinct. Work is O(k): nothing proportional to the projection
+    is read or written, so inside a loop the arrays are updated in place. Returns the new
+    projection and which entries removed a live synapse.
+    """
+    n_pre, n_post = conn.n_pre, conn.n_post
+    old = conn.post.at[rows, slots].get(mode="fill", fill_value=n_post)
+    removed = valid & (old != n_post)
+    # Every write below is indexed by `write_rows`, which depends on the reads (`old`, and
+    # `position` through `pos`): XLA must read before it writes, and updates in place.
+    write_rows = jnp.where(removed, rows, n_pre)  # out of bounds -> dropped
+    post = conn.post.at[write_rows, slots].set(n_post, mode="drop")
+    synapses = {
+        k: v.at[write_rows, slots].set(jnp.zeros((), v.dtype), mode="drop")
+        for k, v in conn.synapses.items()
+    }
+    column = conn.column
+    if column is not None:
+        col_cap = column.column_capacity
+        pos = column.position.at[write_rows, slots].get(mode="fill", fill_value=col_cap)
+        pre_slot = column.pre_slot.at[jnp.where(removed, old, n_post), pos].set(
+            n_pre * conn.capacity, mode="drop"
+        )
+        free = jnp.minimum(pos, 0) + col_cap  # = col_cap, but ordered after the read of `pos`
+        position = column.position.at[write_rows, slots].set(free, mode="drop")
+        column = ColumnView(pre_slot=pre_slot, position=position)
+    return RaggedConnectivity(post, synapses, column, n_post), removed
+
+
 # -- addition ---------------------------------------------------------------------------------
 
 
@@ -295,7 +331,8 @@ def add_synapses(
         ``(conn, info)`` with ``info.changed`` marking the filled slots.
     """
     rows, targets, values = _check_proposals(conn, rows, targets, values)
-    return _add(conn, rows, targets, values)
+    conn, info, _ = _add(conn, rows, targets, values)
+    return conn, info
 
 
 def _check_proposals(
@@ -334,8 +371,8 @@ def _add(
     targets: Int[Array, " k"],
     values: dict[str, Shaped[ArrayLike, " k"]],
     blocks: tuple[Int[Array, " m"], int, bool] | None = None,
-) -> tuple[RaggedConnectivity, RewireInfo]:
-    """:func:`add_synapses` on checked inputs.
+) -> tuple[RaggedConnectivity, RewireInfo, Bool[Array, " k"]]:
+    """:func:`add_synapses` on checked inputs; also returns which proposals were placed.
 
     ``blocks = (row_index, width, every_row)`` says that the proposals come in ``m`` blocks of
     ``width``, block ``b`` holding the proposals of the distinct row ``row_index[b]`` (all
@@ -464,7 +501,7 @@ def _add(
         refused_column_full=_count(col_full),
         refused_out_of_range=_count(out_of_range),
     )
-    return new_conn, info
+    return new_conn, info, accepted
 
 
 # -- the generic per-row update ---------------------------------------------------------------
@@ -603,7 +640,7 @@ def update_rows(
     add_rows, add_targets, add_values = _check_proposals(
         conn, add_rows, add_post.reshape(-1), add_values
     )
-    conn, added = _add(conn, add_rows, add_targets, add_values, (row_index, kk, rows is None))
+    conn, added, _ = _add(conn, add_rows, add_targets, add_values, (row_index, kk, rows is None))
     info = added._replace(changed=added.changed | removed_mask, removed=_count(removed_mask))
     return conn, info
 

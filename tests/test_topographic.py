@@ -142,7 +142,11 @@ def test_rewiring_formation_matches_distance_kernel_in_distribution(pairwise, mo
     @jax.jit
     def run(conn, key):
         def body(conn, k):
-            conn, counts = bamford_rewire(conn, k, side=SIDE, sources=sources)
+            # New synapses are potentiated (0.2 >= 0.1): with p_elim_potentiated = 0 none is
+            # eliminated, so the formations are exactly the synapses that exist at the end.
+            conn, counts = bamford_rewire(
+                conn, k, side=SIDE, sources=sources, p_elim_potentiated=0.0
+            )
             return conn, counts.formed
 
         return jax.lax.scan(body, conn, jr.split(key, updates))

@@ -43,9 +43,14 @@ from jax import lax
 from .._connectivity import RaggedConnectivity
 from .._custom_types import Array, Float, Int, PRNGKeyArray
 from .._neurons import ConductanceLIF, ConductanceLIFState
-from .._propagate import propagate
-from .._structural import RowUpdate, RowView, update_rows
-from ..plasticity.stdp import AdditiveSTDP, compact_spikes, depress_rows, potentiate_columns
+from .._structural import _add, _remove_slots, _stable_sort
+from ..plasticity.stdp import (
+    AdditiveSTDP,
+    _after_first_blocks,
+    _depress_block,
+    _potentiate_block,
+    compact_spikes,
+)
 
 __all__ = [
     "ChunkRecord",
@@ -195,7 +200,47 @@ def distance_dependent_connectivity(
 
 
 # ---------------------------------------------------------------------------------------------
-# The rewiring rule on the structural primitive.
+# Counter-based random numbers.
+# ---------------------------------------------------------------------------------------------
+
+
+def _lowbias32(x):
+    """A 32-bit integer hash with low bias (C. Wellons, 2018), used as a counter-based generator."""
+    x = x ^ (x >> 16)
+    x = x * jnp.uint32(0x7FEB352D)
+    x = x ^ (x >> 15)
+    x = x * jnp.uint32(0x846CA68B)
+    return x ^ (x >> 16)
+
+
+def _hash(counter: Array, seeds: Array) -> Array:
+    """``uint32`` random bits for each ``uint32`` counter: two rounds of ``lowbias32`` keyed by
+    two seed words (drawn from a PRNG key with one threefry call). Tens of times cheaper than
+    threefry on a CPU, and tested against the distributions it feeds."""
+    return _lowbias32(_lowbias32(counter ^ seeds[0]) + seeds[1])
+
+
+def _uniform(bits: Array) -> Array:
+    """Uniform in ``[0, 1)`` from the top 24 bits."""
+    return jnp.right_shift(bits, jnp.uint32(8)).astype(jnp.float32) * jnp.float32(2.0**-24)
+
+
+_NEVER = 2**30  # a step count past any interval: "no spike"
+
+
+def _geometric(bits: Array, rate_dt: Array) -> Array:
+    """Steps before the next spike of a Bernoulli process that fires each step with probability
+    $1 - e^{-r\\,dt}$: $\\lfloor E / (r\\,dt) \\rfloor$ with $E \\sim \\mathrm{Exp}(1)$, since
+    $P(\\lfloor E/(r dt) \\rfloor \\ge k) = e^{-k r dt}$. ``_NEVER`` where ``r dt <= 0``."""
+    u = (jnp.right_shift(bits, jnp.uint32(8)) + jnp.uint32(1)).astype(jnp.float32)
+    exponential = -jnp.log(u * jnp.float32(2.0**-24))  # u in (0, 1]: E in [0, 16.7]
+    steps = jnp.floor(exponential / jnp.maximum(rate_dt, jnp.float32(1e-30)))
+    steps = jnp.where(rate_dt > 0, jnp.minimum(steps, jnp.float32(_NEVER)), jnp.float32(_NEVER))
+    return steps.astype(jnp.int32)
+
+
+# ---------------------------------------------------------------------------------------------
+# The rewiring rule.
 # ---------------------------------------------------------------------------------------------
 
 
@@ -245,30 +290,10 @@ class RewiringCounts(NamedTuple):
         return RewiringCounts(*(a + b for a, b in zip(self, other, strict=True)))
 
 
-class _Attempts(NamedTuple):
-    """One update's attempts, as every row's rule looks them up (``[m]`` each)."""
-
-    round: Int[Array, ""]
-    rows: Int[Array, " m"]
-    rank: Int[Array, " m"]  # how many earlier attempts share the row
-    targets: Int[Array, " m"]
-    uniform: Float[Array, " m"]
-    start: Int[Array, " m"]  # first row of the attempt's source layer
-    p_peak: Float[Array, " m"]
-    two_sigma2: Float[Array, " m"]
-    autapses: Array  # bool[m]
-
-
-# Up to this many attempts per update, the bookkeeping compares every pair of attempts
-# (O(m^2), no sort: tiny sorts dominate the cost on a CPU); above it, it sorts (O(m log m)).
-_PAIRWISE_MAX_ATTEMPTS = 256
-
-
-def _rank_in_sorted_groups(group: Array) -> Array:
-    """For each entry of a sorted array, how many earlier entries share its value."""
-    index = jnp.arange(group.shape[0], dtype=jnp.int32)
-    is_start = jnp.concatenate([jnp.ones((1,), bool), group[1:] != group[:-1]])
-    return index - lax.cummax(jnp.where(is_start, index, 0), axis=0)
+# Up to this many attempts per update, repeated (row, target) pairs are found by comparing
+# every pair of attempts (O(m^2), no sort); above, the attempts are sorted by row (a packed
+# sort, O(m log m)) and each compared with the few before it in its row.
+_PAIRWISE_MAX_ATTEMPTS = 32
 
 
 def _earlier_same(values: Array) -> Array:
@@ -278,63 +303,57 @@ def _earlier_same(values: Array) -> Array:
     return (index[None, :] < index[:, None]) & (values[None, :] == values[:, None])
 
 
-def _distinct_targets(key, rows, targets, rank, n_post, pairwise: bool):
-    """Uniform targets for the attempts, distinct within each row (GeNN samples each row's
-    targets without replacement). Every attempt has drawn a uniform target (``targets``);
-    attempts that repeat an earlier (row, target) pair redraw until none does. The procedure
-    only compares labels, so it is invariant under any relabelling of the targets, and each
-    row's targets are a uniformly random set of distinct neurons.
+def _ranks_in_sorted_groups(values: Array) -> Array:
+    """For sorted ``values``, how many earlier entries equal each one: a loop over shifts that
+    runs as many times as the largest group has entries (a prefix maximum costs more on a
+    CPU for groups this small)."""
+    m = values.shape[0]
+    index = jnp.arange(m, dtype=jnp.int32)
 
-    ``rank`` is each attempt's rank among the attempts of its row. Unless ``pairwise`` (every
-    pair compared), the attempts are sorted by row, so an attempt's row-mates are the
-    ``rank`` attempts just before it."""
+    def shift(state):
+        j, rank, _ = state
+        same = (index >= j) & (values[jnp.maximum(index - j, 0)] == values)
+        return j + 1, rank + same.astype(jnp.int32), jnp.any(same)
+
+    init = (jnp.int32(1), jnp.zeros(m, jnp.int32), jnp.bool_(True))
+    return lax.while_loop(lambda s: s[2], shift, init)[1]
+
+
+def _distinct_targets(seeds, offset, rows, targets, n_post, rank):
+    """Redraws the targets of attempts that repeat an earlier (row, target) pair until none
+    does, so that each row's candidates are distinct (GeNN samples each row's targets without
+    replacement). The procedure only compares labels, so it is invariant under any
+    relabelling of the targets, and each row's targets are a uniformly random set of distinct
+    neurons. ``rank`` (sorted rows) is each attempt's rank in its row, or None to compare
+    every pair of attempts. Only ``[m]`` arrays are carried: under ``vmap`` the loop's
+    per-member selects copy nothing large."""
     m = rows.shape[0]
     index = jnp.arange(m, dtype=jnp.int32)
-    same_row = _earlier_same(rows) if pairwise else None
-    most = jnp.max(rank)
+    if rank is None:
+        same_row = _earlier_same(rows)
 
-    def repeated(targets):
-        if pairwise:
+        def repeated(targets):
             return jnp.any(same_row & (targets[None, :] == targets[:, None]), axis=1)
 
-        def shift(s, dup):
-            earlier = jnp.maximum(index - s, 0)
-            return dup | ((rank >= s) & (targets[earlier] == targets))
+    else:
+        most = jnp.max(rank)
 
-        return lax.fori_loop(1, most + 1, shift, jnp.zeros(m, bool))
+        def repeated(targets):
+            def shift(j, dup):
+                earlier = jnp.maximum(index - j, 0)
+                return dup | ((rank >= j) & (targets[earlier] == targets))
+
+            return lax.fori_loop(1, most + 1, shift, jnp.zeros(m, bool))
 
     def redraw(state):
         i, targets, dup = state
-        fresh = jr.randint(jr.fold_in(key, i), (m,), 0, n_post, dtype=jnp.int32)
+        counter = (offset + i * m + index).astype(jnp.uint32)
+        fresh = (_hash(counter, seeds) % jnp.uint32(n_post)).astype(jnp.int32)
         targets = jnp.where(dup, fresh, targets)
         return i + 1, targets, repeated(targets)
 
-    _, targets, _ = lax.while_loop(
-        lambda s: jnp.any(s[2]), redraw, (jnp.int32(1), targets, repeated(targets))
-    )
-    return targets
-
-
-def _visit_rows(rows, first, pairwise: bool):
-    """``[m]`` distinct rows: every row with an attempt once, padded with distinct rows that
-    have none (the smallest missing row numbers), so that ``update_rows`` can take them."""
-    m = rows.shape[0]
-    index = jnp.arange(m, dtype=jnp.int32)
-    if pairwise:
-        candidate = jnp.arange(2 * m, dtype=rows.dtype)  # holds >= m rows without attempts
-        member = jnp.any(first[None, :] & (rows[None, :] == candidate[:, None]), axis=1)
-        free_rank = jnp.cumsum(~member) - 1
-        need = jnp.cumsum(~first) - 1  # the q-th attempt that is not its row's first
-        pick = (~member)[None, :] & (free_rank[None, :] == need[:, None])
-        return jnp.where(first, rows, candidate[jnp.argmax(pick, axis=1)])
-    big = jnp.iinfo(jnp.int32).max // 2
-    unique = jnp.sort(jnp.where(first, rows, big))
-    n_unique = jnp.sum(first, dtype=jnp.int32)
-    # The q-th missing number is q + #{i : unique_i - i <= q}.
-    gaps = jnp.where(index < n_unique, unique - index, big)
-    q = index - n_unique
-    missing = q + jnp.searchsorted(gaps, q, side="right").astype(jnp.int32)
-    return jnp.where(index < n_unique, unique, missing)
+    init = (jnp.int32(0), targets, repeated(targets))
+    return lax.while_loop(lambda s: jnp.any(s[2]), redraw, init)[1]
 
 
 def bamford_rewire(
@@ -347,6 +366,8 @@ def bamford_rewire(
     p_elim_depressed: float = 1.0,
     p_elim_potentiated: float = 0.0068,
     new_weight: float = 0.2,
+    max_changes: int = 32,
+    axis_name: str | None = None,
 ) -> tuple[RaggedConnectivity, RewiringCounts]:
     """One rewiring update of a projection from torus layers onto a ``side x side`` torus layer.
 
@@ -361,13 +382,15 @@ def bamford_rewire(
     positions) at weight ``new_weight``, unless the row or the target's column is full (the
     column capacity then acts as an in-degree cap: Bamford's original competition).
 
-    Written on :func:`~jaxplastic.update_rows` with ``rows=`` the rows visited, so the work is
-    O(attempts * capacity), independent of the network size (above 256 attempts, plus the
-    fill of a row-indexed table of the rows' first attempts: O(n_pre) int32 writes, cheaper
-    than a binary search per row on a CPU). A row with several attempts
-    takes them one per round (as many rounds as the most attempts of one row: usually 1 or
-    2); the decisions of different rounds concern different (row, target) pairs, so the rounds
-    reproduce GeNN's single pass over each row.
+    Every attempt is evaluated at once against its row (O(attempts * capacity): the row is
+    gathered and searched for the candidate); a row's candidates are distinct, so their
+    decisions are independent, as in GeNN's pass over the row. The few resulting changes
+    are then applied with the structural primitives: the eliminations first (slot by slot,
+    unlinking each from the column view in O(1)), then the formations in attempt order with
+    :func:`~jaxplastic.add_synapses` semantics (greedy; refused when the row or the column is
+    full). The changes are compacted into blocks of ``max_changes``; an update with more
+    runs further blocks, so none is dropped. Nothing proportional to the network is read or
+    written, and no loop carries the projection unless a block overflows.
 
     Args:
         conn: the projection, with a column view; rows ``[start, start + side**2)`` of each
@@ -378,6 +401,10 @@ def bamford_rewire(
         weight_threshold: elimination threshold (weight units).
         p_elim_depressed, p_elim_potentiated: elimination probabilities below / above it.
         new_weight: weight of a new synapse.
+        max_changes: eliminations (and formations) applied per vectorised block (static).
+        axis_name: when the call runs under ``vmap(..., axis_name=...)``, that name (static):
+            a loop over further blocks then runs while any member needs one, with no
+            per-member select (which would copy the projection).
 
     Returns:
         ``(conn, counts)``: the new projection and its :class:`RewiringCounts`.
@@ -386,9 +413,37 @@ def bamford_rewire(
         Bamford, Murray & Willshaw (2010), Neural Networks 23(4), 517-527.
         Knight, Senk & Nowotny (2025), arXiv:2510.19764.
     """
-    n = side * side
     if conn.column is None:
         raise ValueError("bamford_rewire: conn needs a column view")
+    return _bamford_rewire(
+        conn,
+        key,
+        side=side,
+        sources=sources,
+        weight_threshold=weight_threshold,
+        p_elim_depressed=p_elim_depressed,
+        p_elim_potentiated=p_elim_potentiated,
+        new_weight=new_weight,
+        max_changes=max_changes,
+        axis_name=axis_name,
+    )
+
+
+def _bamford_rewire(
+    conn,
+    key,
+    *,
+    side,
+    sources,
+    weight_threshold,
+    p_elim_depressed,
+    p_elim_potentiated,
+    new_weight,
+    max_changes=32,
+    axis_name=None,
+):
+    """:func:`bamford_rewire`; without a column view (profiling) the upkeep is skipped."""
+    n = side * side
     if conn.n_post != n:
         raise ValueError(f"bamford_rewire: expected n_post = side**2 = {n}, got {conn.n_post}")
     for source in sources:
@@ -396,127 +451,93 @@ def bamford_rewire(
             raise ValueError(f"bamford_rewire: source rows {source.start}+{n} out of range")
         if not isinstance(source.attempts, int) or not 1 <= source.attempts <= n:
             raise ValueError(f"bamford_rewire: attempts: expected 1..{n}, got {source.attempts}")
+    if isinstance(max_changes, bool) or not isinstance(max_changes, int) or max_changes < 1:
+        raise ValueError(f"bamford_rewire: max_changes: expected an int >= 1, got {max_changes!r}")
     m = sum(source.attempts for source in sources)
-    if 2 * m > conn.n_pre:
-        raise ValueError("bamford_rewire: more attempts than the projection has rows to pad")
-    pairwise = m <= _PAIRWISE_MAX_ATTEMPTS
     which = np.repeat(np.arange(len(sources)), [source.attempts for source in sources])
-    start = jnp.asarray(np.array([source.start for source in sources], np.int32)[which])
+    start = np.array([source.start for source in sources], np.int32)
+    p_peak = np.array([source.p_peak for source in sources], np.float32)
+    two_sigma2 = np.array([2 * source.sigma**2 for source in sources], np.float32)
+    autapses = np.array([source.autapses for source in sources], bool)
+
+    # All the randomness of the update: rows and targets by a modulo (bias below
+    # n / 2^32 <= 3e-6) and the uniforms from one counter-based hash.
+    seeds = jr.bits(key, (2,), jnp.uint32)
+    bits = _hash(jnp.arange(3 * m, dtype=jnp.uint32), seeds)
+    rows = jnp.asarray(start[which]) + (bits[:m] % jnp.uint32(n)).astype(jnp.int32)
+    targets = (bits[m : 2 * m] % jnp.uint32(n)).astype(jnp.int32)
+    uniform = _uniform(bits[2 * m :])
     source_of = jnp.asarray(which, jnp.int32)
-    static = dict(
-        start=start,
-        p_peak=jnp.asarray(np.array([s.p_peak for s in sources], np.float32)[which]),
-        two_sigma2=jnp.asarray(np.array([2 * s.sigma**2 for s in sources], np.float32)[which]),
-        autapses=jnp.asarray(np.array([s.autapses for s in sources], bool)[which]),
-    )
-    # All the randomness of the update from one threefry call (each call is a loop of small
-    # operations on a CPU): rows and targets by a modulo (bias below n / 2^32 <= 3e-6), the
-    # uniforms from the top 24 bits. Repeated (row, target) pairs redraw with fresh keys.
-    bits = jr.bits(key, (3, m), jnp.uint32)
-    rows = start + (bits[0] % jnp.uint32(n)).astype(jnp.int32)
-    targets = (bits[1] % jnp.uint32(n)).astype(jnp.int32)
-    uniform = (bits[2] >> jnp.uint32(8)).astype(jnp.float32) * jnp.float32(2.0**-24)
-    if pairwise:
-        rank = jnp.sum(_earlier_same(rows), axis=1, dtype=jnp.int32)
-        first_attempt = None
+    if m <= _PAIRWISE_MAX_ATTEMPTS:
+        rank = None
     else:
-        # Sort the attempts by row (one sort of row and position packed into a word), so that
-        # a row's attempts are contiguous; each row then finds its first attempt in a table
-        # indexed by row (an O(n) fill per update, cheaper than a binary search per row).
-        packed = jnp.sort(rows.astype(jnp.uint32) * jnp.uint32(m) + jnp.arange(m, dtype=jnp.uint32))
-        order = (packed % jnp.uint32(m)).astype(jnp.int32)
-        rows, targets, uniform = rows[order], targets[order], uniform[order]
-        static = {k: v[order] for k, v in static.items()}
+        # Sorted by row, a row's attempts are contiguous. The targets and uniforms are
+        # independent of the rows and identically distributed, so they stay in place.
+        rows, order = _stable_sort(rows, conn.n_pre)
         source_of = source_of[order]
-        rank = _rank_in_sorted_groups(rows)
-        first_attempt = (
-            jnp.full(conn.n_pre, m, jnp.int32)
-            .at[jnp.where(rank == 0, rows, conn.n_pre)]
-            .set(jnp.arange(m, dtype=jnp.int32), mode="drop")
-        )
-    targets = _distinct_targets(jr.fold_in(key, 1), rows, targets, rank, n, pairwise)
-    rounds = jnp.max(rank) + 1
-    visit = _visit_rows(rows, rank == 0, pairwise)
+        rank = _ranks_in_sorted_groups(rows)
+    targets = _distinct_targets(seeds, 3 * m, rows, targets, n, rank)
+
+    # Every attempt against its row: is the candidate connected, and with which weight?
+    match = conn.post[rows] == targets[:, None]  # [m, cap]
+    connected = jnp.any(match, axis=1)
+    slot = jnp.argmax(match, axis=1).astype(jnp.int32)
+    weight = conn.weight[rows, slot]
+    p_elim = jnp.where(weight < weight_threshold, p_elim_depressed, p_elim_potentiated)
+    eliminate = connected & (uniform < p_elim)
+    position = rows - jnp.asarray(start)[source_of]
+    d2 = _torus_d2(position, targets, side)
+    p_form = jnp.asarray(p_peak)[source_of] * jnp.exp(-d2 / jnp.asarray(two_sigma2)[source_of])
+    p_form = jnp.where(~jnp.asarray(autapses)[source_of] & (targets == position), 0.0, p_form)
+    form = ~connected & (uniform < p_form)
+    bins = _distance_bins(side)
+    hist_index = source_of * bins + jnp.minimum(jnp.sqrt(d2).astype(jnp.int32), bins - 1)
+    hist_size = len(sources) * bins
+
+    def histogram(hist, index, counted):
+        return hist.at[index].add(counted.astype(jnp.int32))
+
+    def remove(blocks, carry):
+        conn, eliminated = carry
+        (a,) = blocks
+        safe = jnp.minimum(a, m - 1)
+        conn, removed = _remove_slots(conn, rows[safe], slot[safe], a < m)
+        return conn, histogram(eliminated, hist_index[safe], removed)
+
     dtype = conn.weight.dtype
 
-    def rule(row: RowView, first, data: _Attempts, key) -> RowUpdate:
-        if pairwise:
-            hit = (data.rows == row.index) & (data.rank == data.round)
-            valid = jnp.any(hit)
-            a = jnp.argmax(hit)
-        else:  # `first`: this row's first attempt (m if none); its attempts are contiguous
-            a = first + data.round
-            valid = a < m
-            a = jnp.minimum(a, m - 1)
-            valid = valid & (data.rows[a] == row.index)
-        target = data.targets[a].astype(row.post.dtype)
-        u = data.uniform[a]
-        match = valid & (row.post == target)
-        connected = jnp.any(match)
-        w = jnp.sum(jnp.where(match, row.synapses["weight"], jnp.zeros((), dtype)))
-        p_elim = jnp.where(w < weight_threshold, p_elim_depressed, p_elim_potentiated)
-        remove = match & (u < p_elim)
-        position = row.index - data.start[a]
-        p_form = data.p_peak[a] * jnp.exp(-_torus_d2(position, target, side) / data.two_sigma2[a])
-        p_form = jnp.where(~data.autapses[a] & (target == position), 0.0, p_form)
-        form = valid & ~connected & (u < p_form)
-        add_post = jnp.where(form, target, row.n_post)[None]
-        return RowUpdate(remove, add_post, {"weight": jnp.full((1,), new_weight, dtype)})
+    def add(blocks, carry):
+        conn, formed, refused = carry
+        (a,) = blocks
+        safe = jnp.minimum(a, m - 1)
+        proposals = jnp.where(a < m, targets[safe], n)  # sentinel: no proposal
+        values = {"weight": jnp.full(a.shape, new_weight, dtype)}
+        conn, info, placed = _add(conn, rows[safe], proposals, values)
+        return conn, histogram(formed, hist_index[safe], placed), refused + info.refused
 
-    bins = _distance_bins(side)
-    # Only the candidates can change, so formations and eliminations are counted per attempt
-    # (is the candidate connected before and after the round?), never per slot.
-    if pairwise:
-        slot_of_row = jnp.argmax(rows[None, :] == rows[:, None], axis=1)  # its first attempt
+    zeros = jnp.zeros(hist_size, jnp.int32)
+    if m <= max_changes:
+        everyone = jnp.arange(m, dtype=jnp.int32)
+        conn, eliminated = remove((jnp.where(eliminate, everyone, m),), (conn, zeros))
+        conn, formed, refused = add(
+            (jnp.where(form, everyone, m),), (conn, zeros, jnp.zeros((), jnp.int32))
+        )
     else:
-        slot_of_row = jnp.cumsum(rank == 0) - 1  # rank among the distinct (sorted) rows
-    position = rows - static["start"]
-    distance_bin = jnp.minimum(
-        jnp.sqrt(_torus_d2(position, targets, side)).astype(jnp.int32), bins - 1
-    )
-    hist_index = source_of * bins + distance_bin
-
-    def histograms(before, after):
-        """Formations and eliminations in this round, per source, by distance."""
-        was = jnp.any(before[slot_of_row] == targets[:, None], axis=1)
-        now = jnp.any(after[slot_of_row] == targets[:, None], axis=1)
-
-        def count(mask):
-            counts = (
-                jnp.zeros(len(sources) * bins, jnp.int32).at[hist_index].add(mask.astype(jnp.int32))
-            )
-            return counts.reshape(len(sources), bins)
-
-        return count(now & ~was), count(was & ~now)
-
-    def one_round(j, conn):
-        before = conn.post[visit]
-        # `rows` equals `visit` (targets are never negative) but depends on `before`, so that
-        # XLA reads the rows before updating the projection in place; a read it could
-        # schedule after the update would make it copy the whole projection.
-        ordered = jnp.where(before[:, 0] < 0, 0, visit)
-        data = _Attempts(j, rows, rank, targets, uniform, **static)
-        # The rule draws nothing: its randomness is in `data` (the key goes unused).
-        conn, info = update_rows(conn, rule, key, pre=first_attempt, post=data, rows=ordered)
-        formed, eliminated = histograms(before, conn.post[visit])
-        return conn, formed, eliminated, info.refused
-
-    def more_rounds(state):
-        j, conn, formed, eliminated, refused = state
-        conn, f, e, r = one_round(j, conn)
-        return j + 1, conn, formed + f, eliminated + e, refused + r
-
-    # Round 0 runs unconditionally; the loop only runs for rows with several attempts (and,
-    # under vmap, costs nothing unless some network has such a row).
-    conn, formed, eliminated, refused = one_round(jnp.int32(0), conn)
-    _, conn, formed, eliminated, refused = lax.while_loop(
-        lambda s: s[0] < rounds,
-        more_rounds,
-        (jnp.int32(1), conn, formed, eliminated, refused),
-    )
+        # Usually a handful of changes per update: compacted into one block each, with a loop
+        # over further blocks (eliminations first, then formations, in attempt order).
+        index, count = compact_spikes(eliminate, max_changes)
+        carry = remove((index,), (conn, zeros))
+        conn, eliminated = _after_first_blocks(
+            (eliminate,), (index,), (count,), remove, carry, axis_name
+        )
+        index, count = compact_spikes(form, max_changes)
+        carry = add((index,), (conn, zeros, jnp.zeros((), jnp.int32)))
+        conn, formed, refused = _after_first_blocks(
+            (form,), (index,), (count,), add, carry, axis_name
+        )
     counts = RewiringCounts(
-        formed=formed,
-        eliminated=eliminated,
+        formed=formed.reshape(len(sources), bins),
+        eliminated=eliminated.reshape(len(sources), bins),
         attempts=jnp.asarray([source.attempts for source in sources], jnp.int32),
         refused=refused,
     )
@@ -526,15 +547,6 @@ def bamford_rewire(
 # ---------------------------------------------------------------------------------------------
 # The model.
 # ---------------------------------------------------------------------------------------------
-
-
-def _lowbias32(x):
-    """A 32-bit integer hash with low bias (C. Wellons, 2018), used as a counter-based generator."""
-    x = x ^ (x >> 16)
-    x = x * jnp.uint32(0x7FEB352D)
-    x = x ^ (x >> 15)
-    x = x * jnp.uint32(0x846CA68B)
-    return x ^ (x >> 16)
 
 
 class TopographicState(NamedTuple):
@@ -550,9 +562,9 @@ class TopographicState(NamedTuple):
 
     Attributes:
         afferent: ``[2n, capacity]`` slots with a column view ``[n, column_capacity]``.
-        neurons: target-layer state (``v`` mV, ``g`` uS, refractory steps).
-        pending: ``[n]`` conductance (uS) of the spikes emitted in the last step, delivered at
-            the start of the next (GeNN's one-step synaptic delay).
+        neurons: target-layer state (``v`` mV, ``g`` uS, refractory steps). The spikes of
+            the last step are already delivered into ``g`` (GeNN's one-step synaptic delay:
+            the next step's neuron update sees them first).
         pre_trace: ``[2n]`` presynaptic STDP traces $x$ ($\\tau_+$) of the rows: inputs, then
             targets.
         post_trace: ``[n]`` postsynaptic traces $y$ ($\\tau_-$) of the targets.
@@ -562,7 +574,6 @@ class TopographicState(NamedTuple):
 
     afferent: RaggedConnectivity
     neurons: ConductanceLIFState
-    pending: Float[Array, " n"]
     pre_trace: Float[Array, " n2"]
     post_trace: Float[Array, " n"]
     key: PRNGKeyArray
@@ -606,6 +617,34 @@ class ChunkRecord(NamedTuple):
     overflow_steps: Int[Array, ""]
 
 
+class _Interval(NamedTuple):
+    """What the steps of one stimulus interval carry (``input_next`` and the counters live
+    only inside the interval: the inputs are redrawn at every stimulus jump)."""
+
+    afferent: RaggedConnectivity
+    neurons: ConductanceLIFState
+    pre_trace: Float[Array, " n2"]  # scaled: see TopographicMap._trace_scale
+    post_trace: Float[Array, " n"]
+    input_next: Int[Array, " n"]  # step of each input's next spike in this interval
+    input_count: Int[Array, " n"]
+    target_count: Int[Array, " n"]
+    overflow_steps: Int[Array, ""]
+    rewiring: RewiringCounts
+
+
+class _Spikes(NamedTuple):
+    """One step's spikes of each layer: ``(mask, first block, count)`` as
+    :func:`~jaxplastic.plasticity.compact_spikes` gives them."""
+
+    inputs: tuple[Array, Array, Array]
+    target: tuple[Array, Array, Array]
+
+
+# The phases of a step and an update, all of which a run performs; the phase profile of
+# benchmarks/topomap.py leaves them out one at a time.
+PHASES = frozenset({"input", "neurons", "delivery", "stdp", "rewiring", "index"})
+
+
 class TopographicMap(eqx.Module):
     """The topographic-map model of Bamford et al. (2010) as run by GeNN, at any scale.
 
@@ -614,10 +653,13 @@ class TopographicMap(eqx.Module):
     at $r = r_{base} + r_{peak} e^{-d^2/2\\sigma_s^2}$ with $d$ the distance between
     ``(x mod 16, y mod 16)`` and the stimulus on the 16x16 torus: at ``s > 1`` every 16x16
     block sees the stimulus at the same relative position, as GeNN tiles it. Each step an
-    input spikes with probability $1 - e^{-r\\,dt}$. The jump and the draws run on the
-    device; the Bernoulli draws of a whole interval come from a counter-based integer hash
-    (``lowbias32``, two rounds) keyed by 64 bits drawn from the state's PRNG key: about 70x
-    cheaper than threefry on a CPU.
+    input spikes with probability $1 - e^{-r\\,dt}$. The draws are made as GeNN's Poisson
+    input makes them, once per spike: each input holds the step of its next spike, drawn
+    as a geometric number of steps $\\lfloor E / r\\,dt \\rfloor$, $E \\sim \\mathrm{Exp}(1)$
+    (exactly the waiting time of the per-step Bernoulli process), when it spikes and at
+    every stimulus jump (the process is memoryless). The uniforms come from a counter-based
+    integer hash (``lowbias32``, two rounds) keyed by 64 bits drawn from the state's PRNG key
+    per interval.
 
     **Target layer**: :class:`~jaxplastic.ConductanceLIF` with its defaults (C 20 nF,
     tau_m 20 ms, V_rest = V_reset = -70 mV, V_th = -54 mV, refractory 5 ms, tau_syn 5 ms,
@@ -631,7 +673,11 @@ class TopographicMap(eqx.Module):
 
     **STDP** (:class:`~jaxplastic.plasticity.AdditiveSTDP`, both projections): a spiking row
     is delivered and then depressed ($-A_- y$), a spiking column potentiated ($+A_+ x$)
-    through the column view; amplitudes in uS (GeNN's, already scaled by ``g_max``).
+    through the column view; amplitudes in uS (GeNN's, already scaled by ``g_max``). The
+    traces decay without a pass over the neurons: within a stimulus interval they are held
+    scaled by $e^{k\\,dt/\\tau}$ ($k$ the step in the interval), so a spike adds
+    $e^{k\\,dt/\\tau}$ to its neuron's entry and the pairing multiplies by $e^{-k\\,dt/\\tau}$;
+    the state holds the true traces at the end of every interval.
 
     **Rewiring** every ``rewiring_interval`` ms, ``attempts_per_block * s^2`` attempts per
     projection (:func:`bamford_rewire`), with GeNN's elimination probabilities by default
@@ -639,6 +685,12 @@ class TopographicMap(eqx.Module):
     0.000136 x 50 = 0.0068 above), or, with :meth:`bamford`, Bamford's original
     probabilities and in-degree cap of 32 (feed-forward plus lateral; enforced exactly as the
     column capacity).
+
+    Per step, only the neuron update and the search for this step's spikes touch every
+    neuron; delivery, STDP, the trace updates and the next input draws visit the spiking
+    neurons only (blocks of :attr:`input_block` and :attr:`spike_block` spiking neurons,
+    with exact further blocks in the rare steps with more), and every rewiring update is
+    proportional to its attempts.
 
     ``scale`` and the other static fields fix the compiled shapes.
 
@@ -703,6 +755,11 @@ class TopographicMap(eqx.Module):
             raise ValueError(
                 f"TopographicMap: in_degree_cap: expected >= 1, got {self.in_degree_cap}"
             )
+        if self.base_rate < 0 or self.peak_rate < 0:
+            raise ValueError(
+                "TopographicMap: base_rate, peak_rate: expected rates >= 0 (Hz), got "
+                f"{self.base_rate}, {self.peak_rate}"
+            )
 
     @classmethod
     def bamford(cls, **kwargs) -> TopographicMap:
@@ -750,13 +807,32 @@ class TopographicMap(eqx.Module):
         )
 
     @property
-    def spike_block(self) -> int:
-        """Spiking neurons of one layer handled per vectorised block and step (none dropped)."""
+    def mean_input_rate(self) -> float:
+        """Mean input rate over the layer (Hz); the same for every stimulus position."""
+        axis = np.arange(BLOCK)
+        d = np.minimum(axis, BLOCK - axis)
+        d2 = d[:, None] ** 2 + d[None, :] ** 2
+        bump = np.exp(-d2 / (2.0 * self.stimulus_sigma**2)).mean()
+        return float(self.base_rate + self.peak_rate * bump)
+
+    @property
+    def input_block(self) -> int:
+        """Spiking inputs handled per vectorised block and step (none dropped)."""
         if self.max_spikes is not None:
             return min(self.max_spikes, self.n)
-        # Per step and layer about 0.5 s^2 input spikes (20 Hz) and up to ~1 s^2 target
-        # spikes (40 Hz once the map has formed); mean + 3 sd + 1 of the larger leaves a
-        # second block (the exact fallback) for rare bursts only.
+        # The number of input spikes per step is a sum of independent Bernoullis: mean
+        # n r dt (0.51 s^2 at 20 Hz); mean + 4 sd + 2 leaves a second block to about one
+        # step in 30,000.
+        mean = self.n * self.mean_input_rate * self.dt / 1000.0
+        return min(self.n, math.ceil(mean + 4.0 * math.sqrt(mean) + 2.0))
+
+    @property
+    def spike_block(self) -> int:
+        """Spiking target neurons handled per vectorised block and step (none dropped)."""
+        if self.max_spikes is not None:
+            return min(self.max_spikes, self.n)
+        # Up to ~1 s^2 target spikes per step (40 Hz once the map has formed), bursty;
+        # mean + 3 sd + 1 leaves the exact further blocks to rare bursts.
         mean = 1.0 * self.scale**2
         return min(self.n, math.ceil(mean + 3.0 * math.sqrt(mean) + 1.0))
 
@@ -777,13 +853,11 @@ class TopographicMap(eqx.Module):
             None,
             self.n,
         ).with_column_view(self.in_degree_limit)
-        zeros = jnp.zeros(self.n)
         return TopographicState(
             afferent=afferent,
             neurons=self.neuron.init(self.n, key=k_v),
-            pending=zeros,
             pre_trace=jnp.zeros(2 * self.n),
-            post_trace=zeros,
+            post_trace=jnp.zeros(self.n),
             key=k_run,
             step=jnp.zeros((), jnp.int32),
         )
@@ -798,164 +872,316 @@ class TopographicMap(eqx.Module):
         d2 = (dx * dx + dy * dy).astype(jnp.float32)
         return self.base_rate + self.peak_rate * jnp.exp(-d2 / (2.0 * self.stimulus_sigma**2))
 
-    def input_spikes(self, key: PRNGKeyArray) -> tuple[Array, Array]:
-        """One stimulus interval of input spikes: ``bool[steps, n]`` and the stimulus centre."""
+    def _stimulus(self, key: PRNGKeyArray) -> tuple[Array, Array, Array]:
+        """One interval's stimulus: its centre, ``r dt`` per input, and the hash seeds."""
         k_centre, k_bits = jr.split(key)
         centre = jr.randint(k_centre, (2,), 0, BLOCK, dtype=jnp.int32)
-        p = -jnp.expm1(-self.input_rates(centre) * (self.dt / 1000.0))
-        threshold = jnp.minimum(jnp.round(p * 2.0**32), 2.0**32 - 1).astype(jnp.uint32)
-        seeds = jr.bits(k_bits, (2,), jnp.uint32)
-        counter = jnp.arange(self.steps_per_interval * self.n, dtype=jnp.uint32)
-        bits = _lowbias32(_lowbias32(counter ^ seeds[0]) + seeds[1])
-        spikes = bits.reshape(self.steps_per_interval, self.n) < threshold[None, :]
+        rate_dt = self.input_rates(centre) * jnp.float32(self.dt / 1000.0)
+        return centre, rate_dt, jr.bits(k_bits, (2,), jnp.uint32)
+
+    def _next_input_spike(self, seeds, rate_dt, step, index):
+        """Step of the next spike of inputs ``index`` after step ``step`` (``-1``: the
+        interval's start). Counter ``(step + 1) * n + index``: one draw per input and step."""
+        counter = (step + 1).astype(jnp.uint32) * jnp.uint32(self.n) + index.astype(jnp.uint32)
+        return step + 1 + _geometric(_hash(counter, seeds), rate_dt)
+
+    def input_spikes(self, key: PRNGKeyArray) -> tuple[Array, Array]:
+        """One stimulus interval of input spikes, ``bool[steps, n]``, and the stimulus centre.
+
+        The same draws as :meth:`run` makes from this key (as a dense array: for tests and
+        plots; :meth:`run` never forms it).
+        """
+        centre, rate_dt, seeds = self._stimulus(key)
+        index = jnp.arange(self.n, dtype=jnp.int32)
+        first = self._next_input_spike(seeds, rate_dt, jnp.int32(-1), index)
+
+        def step(next_spike, k):
+            spikes = next_spike == k
+            later = self._next_input_spike(seeds, rate_dt, k, index)
+            return jnp.where(spikes, later, next_spike), spikes
+
+        _, spikes = lax.scan(step, first, jnp.arange(self.steps_per_interval, dtype=jnp.int32))
         return spikes, centre
 
     # -- one step ------------------------------------------------------------------------------
-    def step(
-        self, state: TopographicState, input_spikes: Array, input_events: Array
-    ) -> tuple[TopographicState, Array]:
-        """One step of ``dt``: the target layer, then delivery and STDP of this step's spikes.
-
-        Args:
-            state: the state.
-            input_spikes: ``bool[n]`` input spikes of this step.
-            input_events: ``int32[spike_block]`` the first spiking inputs (sentinel ``n``),
-                as :func:`~jaxplastic.plasticity.compact_spikes` gives them.
-
-        Returns:
-            ``(state, target_spikes)`` with ``target_spikes: bool[n]``.
-        """
-        n, block = self.n, self.spike_block
-        neurons, z = self.neuron.step(state.neurons, state.pending, dt=self.dt)
-        target_spikes = z > 0.5
-        target_events, _ = compact_spikes(target_spikes, block)
-        spikes = jnp.concatenate([input_spikes, target_spikes])  # rows of `afferent`
-        # First blocks of spiking rows, in the afferent's row numbers. The sentinel is 2n:
-        # row n is target 0's lateral row, not "no spike".
-        events = jnp.concatenate(
-            [
-                jnp.where(input_events < n, input_events, 2 * n),
-                jnp.where(target_events < n, target_events + n, 2 * n),
-            ]
-        )
+    def _trace_scale(self, k) -> tuple[Array, Array]:
+        """``exp(-(k + 1) dt / tau)`` for the pre- and postsynaptic traces after step ``k``
+        of an interval: a trace is held divided by it within the interval."""
         stdp = self.stdp
-        if stdp is None:
-            pending = propagate(state.afferent, spikes)
-            state = state._replace(neurons=neurons, pending=pending, step=state.step + 1)
-            return state, target_spikes
-        x = state.pre_trace * math.exp(-self.dt / stdp.tau_plus)
-        y = state.post_trace * math.exp(-self.dt / stdp.tau_minus)
-        bounds = dict(w_min=stdp.w_min, w_max=stdp.w_max)
-        afferent, pending = depress_rows(
-            state.afferent,
-            spikes,
-            y,
-            a_minus=stdp.a_minus,
-            max_spikes=2 * block,
-            events=events,
-            deliver=True,
-            **bounds,
-        )
-        afferent = potentiate_columns(
-            afferent,
-            target_spikes,
-            x,
-            a_plus=stdp.a_plus,
-            max_spikes=block,
-            events=target_events,
-            **bounds,
-        )
-        state = state._replace(
-            afferent=afferent,
+        assert stdp is not None
+        elapsed = (k + 1).astype(jnp.float32) * jnp.float32(-self.dt)
+        return jnp.exp(elapsed / stdp.tau_plus), jnp.exp(elapsed / stdp.tau_minus)
+
+    def _step(self, carry: _Interval, k, rate_dt, seeds, axis_name, phases, replay):
+        """Step ``k`` of an interval: the target layer, then delivery, STDP and bookkeeping of
+        this step's spikes, visiting the spiking neurons only.
+
+        ``phases`` (static) and ``replay`` exist for the phase profile of
+        ``benchmarks/topomap.py``: a phase left out of ``phases`` is skipped, and with
+        ``replay`` (a ``_Spikes`` of a recorded run) the recorded spikes drive delivery, STDP
+        and bookkeeping, so that every variant of the profile does the same work downstream;
+        the input and neuron phases still run (their spike counts go into
+        ``overflow_steps``, to keep them alive). Returns the new carry and this step's
+        ``_Spikes``.
+        """
+        n = self.n
+        neurons = carry.neurons
+        live = jnp.zeros((), jnp.int32)
+        if "neurons" in phases:
+            neurons, z = self.neuron.step(neurons, jnp.zeros_like(neurons.g), dt=self.dt)
+            target = z > 0.5
+            target_events, target_count = compact_spikes(target, self.spike_block)
+            live = live + target_count + target_events[0]
+        if "input" in phases:
+            inputs = carry.input_next == k
+            in_events, in_count = compact_spikes(inputs, self.input_block)
+            live = live + in_count + in_events[0]
+        if replay is not None:
+            (inputs, in_events, in_count), (target, target_events, target_count) = replay
+        spikes = _Spikes((inputs, in_events, in_count), (target, target_events, target_count))
+        masks = (inputs, target)
+        firsts = (in_events, target_events)
+        counts = (in_count, target_count)
+
+        def rows(blocks):  # afferent rows of the spiking inputs and targets (sentinel 2n)
+            inputs, targets = blocks
+            return jnp.concatenate(
+                [jnp.where(inputs < n, inputs, 2 * n), jnp.where(targets < n, targets + n, 2 * n)]
+            )
+
+        aff = carry.afferent
+        stdp = self.stdp if "stdp" in phases else None
+        if stdp is not None:
+            scale_x, scale_y = self._trace_scale(k)
+            bounds = dict(w_min=stdp.w_min, w_max=stdp.w_max)
+            a_minus = stdp.a_minus * scale_y
+        else:
+            a_minus, bounds = None, dict(w_min=0.0, w_max=0.0)
+        post, weight, g = aff.post, aff.weight, neurons.g
+        deliver = "delivery" in phases
+
+        # Delivery into the conductances (seen by the next step's neuron update), then
+        # depression: every spiking row, before any potentiation. Without STDP the weights
+        # stay out of the loop's carry: a loop that passes an array through unchanged makes
+        # XLA copy it (and the connectivity with it) before the next in-place update.
+        def depress(blocks, state):
+            weight_in, g = state if stdp is not None else (weight, state)
+            weight_out, delivered = _depress_block(
+                post,
+                weight_in,
+                rows(blocks),
+                carry.post_trace,
+                a_minus,
+                delivered=g if deliver else None,
+                n_post=n,
+                **bounds,
+            )
+            g = g if delivered is None else delivered
+            return (weight_out, g) if stdp is not None else g
+
+        if stdp is not None:
+            state = depress(firsts, (weight, g))
+            weight, g = _after_first_blocks(masks, firsts, counts, depress, state, axis_name)
+        elif deliver:
+            g = _after_first_blocks(masks, firsts, counts, depress, depress(firsts, g), axis_name)
+        neurons = neurons._replace(g=g)
+        pre_trace, post_trace = carry.pre_trace, carry.post_trace
+        if stdp is not None:
+            pre_slot = aff.column.pre_slot
+            a_plus = stdp.a_plus * scale_x
+
+            def potentiate(blocks, weight):
+                return _potentiate_block(weight, pre_slot, blocks[0], pre_trace, a_plus, **bounds)
+
+            weight = potentiate((target_events,), weight)
+            weight = _after_first_blocks(
+                (target,), (target_events,), (target_count,), potentiate, weight, axis_name
+            )
+            grow_x, grow_y = 1.0 / scale_x, 1.0 / scale_y
+
+        # The traces take this step's spikes; the spiking inputs draw their next spike.
+        def bookkeeping(blocks, state):
+            pre_trace, post_trace, input_next, input_count, target_count = state
+            inputs, targets = blocks
+            if stdp is not None:
+                pre_trace = pre_trace.at[rows(blocks)].add(grow_x, mode="drop")
+                post_trace = post_trace.at[targets].add(grow_y, mode="drop")
+            if "input" in phases:
+                r = rate_dt.at[inputs].get(mode="fill", fill_value=0)
+                later = self._next_input_spike(seeds, r, k, inputs)
+                input_next = input_next.at[inputs].set(later, mode="drop")
+            input_count = input_count.at[inputs].add(1, mode="drop")
+            target_count = target_count.at[targets].add(1, mode="drop")
+            return pre_trace, post_trace, input_next, input_count, target_count
+
+        state = (pre_trace, post_trace, carry.input_next, carry.input_count, carry.target_count)
+        state = bookkeeping(firsts, state)
+        state = _after_first_blocks(masks, firsts, counts, bookkeeping, state, axis_name)
+        pre_trace, post_trace, input_next, input_count, target_count = state
+        over = (in_count > self.input_block) | (counts[1] > self.spike_block)
+        if replay is not None:
+            over = over.astype(jnp.int32) + live
+        carry = carry._replace(
+            afferent=eqx.tree_at(lambda c: c.synapses["weight"], aff, weight),
             neurons=neurons,
-            pending=pending,
-            pre_trace=x + spikes.astype(x.dtype),
-            post_trace=y + target_spikes.astype(y.dtype),
-            step=state.step + 1,
+            pre_trace=pre_trace,
+            post_trace=post_trace,
+            input_next=input_next,
+            input_count=input_count,
+            target_count=target_count,
+            overflow_steps=carry.overflow_steps + over.astype(jnp.int32),
         )
-        return state, target_spikes
+        return carry, spikes
 
     def rewire(
-        self, state: TopographicState, key: PRNGKeyArray
+        self, state: TopographicState, key: PRNGKeyArray, *, axis_name: str | None = None
     ) -> tuple[TopographicState, RewiringCounts]:
         """One rewiring update of both projections (:func:`bamford_rewire`)."""
-        afferent, counts = bamford_rewire(
-            state.afferent,
-            key,
+        afferent, counts = self._rewire(state.afferent, key, axis_name)
+        return state._replace(afferent=afferent), counts
+
+    def _rewire(self, afferent, key, axis_name, index=True):
+        """:func:`bamford_rewire` with the model's parameters; ``index=False`` (profiling
+        only) skips the upkeep of the column view, which is then stale."""
+        args = dict(
             side=self.side,
             sources=self.sources,
             weight_threshold=self.weight_threshold,
             p_elim_depressed=self.p_elim_depressed,
             p_elim_potentiated=self.p_elim_potentiated,
             new_weight=self.g_max,
+            axis_name=axis_name,
         )
-        return state._replace(afferent=afferent), counts
+        if index:
+            return bamford_rewire(afferent, key, **args)
+        column = afferent.column
+        afferent = eqx.tree_at(lambda c: c.column, afferent, None, is_leaf=lambda x: x is None)
+        afferent, counts = _bamford_rewire(afferent, key, **args)
+        afferent = eqx.tree_at(lambda c: c.column, afferent, column, is_leaf=lambda x: x is None)
+        return afferent, counts
 
     # -- a chunk of stimulus intervals ---------------------------------------------------------
+    def _interval(
+        self,
+        state: TopographicState,
+        record: ChunkRecord,
+        rewiring: bool,
+        axis_name,
+        phases=PHASES,
+        replay=None,
+        record_spikes: bool = False,
+    ) -> tuple[tuple[TopographicState, ChunkRecord], _Spikes | None]:
+        """One stimulus interval: a new stimulus, then ``rewirings_per_interval`` periods of
+        ``steps_per_rewiring`` steps, each followed by a rewiring update. ``phases`` and
+        ``replay`` (``_Spikes`` with leading axes ``[periods, steps]``) as in :meth:`_step`;
+        ``record_spikes`` also returns the steps' spikes with the same leading axes."""
+        key, k_input, k_rewire = jr.split(state.key, 3)
+        if "input" in phases:
+            _, rate_dt, seeds = self._stimulus(k_input)
+            index = jnp.arange(self.n, dtype=jnp.int32)
+            input_next = self._next_input_spike(seeds, rate_dt, jnp.int32(-1), index)
+        else:
+            rate_dt, seeds = None, None
+            input_next = jnp.zeros(self.n, jnp.int32)
+        carry = _Interval(
+            afferent=state.afferent,
+            neurons=state.neurons,
+            pre_trace=state.pre_trace,
+            post_trace=state.post_trace,
+            input_next=input_next,
+            input_count=record.input_spikes,
+            target_count=record.target_spikes,
+            overflow_steps=record.overflow_steps,
+            rewiring=record.rewiring,
+        )
+        steps = self.steps_per_rewiring
+
+        def step(carry, xs):
+            k, spikes = xs
+            carry, spikes = self._step(carry, k, rate_dt, seeds, axis_name, phases, spikes)
+            return carry, spikes if record_spikes else None
+
+        def period(carry, xs):
+            p, key, spikes = xs
+            ks = p * steps + jnp.arange(steps, dtype=jnp.int32)
+            carry, out = lax.scan(step, carry, (ks, spikes))
+            if rewiring and "rewiring" in phases:
+                # The update writes the projection in place, after the steps' reads of it;
+                # XLA copies the projection unless the writes depend on those reads. Without
+                # STDP only the conductances do, so the key is made to depend on them (the
+                # value folded in is a NaN test: always 0).
+                nan = carry.neurons.g[0] != carry.neurons.g[0]
+                key = jr.fold_in(key, nan.astype(jnp.uint32))
+                afferent, counts = self._rewire(
+                    carry.afferent, key, axis_name, index="index" in phases
+                )
+                carry = carry._replace(afferent=afferent, rewiring=carry.rewiring + counts)
+            return carry, out
+
+        periods = self.rewirings_per_interval
+        xs = (jnp.arange(periods, dtype=jnp.int32), jr.split(k_rewire, periods), replay)
+        carry, spikes = lax.scan(period, carry, xs)
+        pre_trace, post_trace = carry.pre_trace, carry.post_trace
+        if self.stdp is not None and "stdp" in phases:  # back to the true traces
+            scale_x, scale_y = self._trace_scale(jnp.int32(self.steps_per_interval - 1))
+            pre_trace, post_trace = pre_trace * scale_x, post_trace * scale_y
+        state = TopographicState(
+            afferent=carry.afferent,
+            neurons=carry.neurons,
+            pre_trace=pre_trace,
+            post_trace=post_trace,
+            key=key,
+            step=state.step + self.steps_per_interval,
+        )
+        record = ChunkRecord(
+            input_spikes=carry.input_count,
+            target_spikes=carry.target_count,
+            rewiring=carry.rewiring,
+            overflow_steps=carry.overflow_steps,
+        )
+        return (state, record), spikes
+
     def run(
-        self, state: TopographicState, *, num_intervals: int, rewiring: bool = True
+        self,
+        state: TopographicState,
+        *,
+        num_intervals: int,
+        rewiring: bool = True,
+        axis_name: str | None = None,
     ) -> tuple[TopographicState, ChunkRecord]:
         """Simulates ``num_intervals`` stimulus intervals (static), all on the device.
 
-        A ``lax.scan`` over stimulus intervals (new stimulus, its input spikes), each a scan
-        over rewiring periods (``steps_per_rewiring`` steps, then :meth:`rewire`). Jit it
-        (``eqx.filter_jit``) and ``vmap`` it over a batch of states for several seeds.
+        A ``lax.scan`` over stimulus intervals (new stimulus, first input spikes), each a
+        scan over rewiring periods (``steps_per_rewiring`` steps, then :meth:`rewire`). Jit it
+        (``eqx.filter_jit``) and ``vmap`` it over a batch of states for several seeds, naming
+        the batch axis: ``jax.vmap(partial(model.run, num_intervals=k, axis_name="seeds"),
+        axis_name="seeds")``. The rare loops over a second block of spikes or of rewiring
+        changes then run while any network needs them, instead of selecting per network
+        (which copies every network's projection each time one network needs a second
+        block). Without ``axis_name`` the results are the same.
 
         Args:
             state: the state.
             num_intervals: number of stimulus intervals (static).
             rewiring: False to freeze the structure (STDP only).
+            axis_name: the name of the ``vmap`` axis over networks, if any (static).
 
         Returns:
             ``(state, record)``: the new state and the counters of this chunk.
         """
         if not isinstance(num_intervals, int) or num_intervals < 1:
             raise ValueError(f"num_intervals: expected a positive int, got {num_intervals!r}")
-        n, block = self.n, self.spike_block
-        periods, steps = self.rewirings_per_interval, self.steps_per_rewiring
-
-        def step(carry, xs):
-            state, record = carry
-            input_spikes, input_events = xs
-            state, target_spikes = self.step(state, input_spikes, input_events)
-            over = (jnp.sum(input_spikes, dtype=jnp.int32) > block) | (
-                jnp.sum(target_spikes, dtype=jnp.int32) > block
-            )
-            record = record._replace(
-                input_spikes=record.input_spikes + input_spikes.astype(jnp.int32),
-                target_spikes=record.target_spikes + target_spikes.astype(jnp.int32),
-                overflow_steps=record.overflow_steps + over.astype(jnp.int32),
-            )
-            return (state, record), None
-
-        def period(carry, xs):
-            spikes, events, key = xs
-            carry, _ = lax.scan(step, carry, (spikes, events))
-            if rewiring:
-                state, record = carry
-                state, counts = self.rewire(state, key)
-                carry = (state, record._replace(rewiring=record.rewiring + counts))
-            return carry, None
-
-        def interval(carry, _):
-            state, record = carry
-            key, k_input, k_rewire = jr.split(state.key, 3)
-            spikes, _ = self.input_spikes(k_input)
-            events, _ = jax.vmap(lambda s: compact_spikes(s, block))(spikes)
-            xs = (
-                spikes.reshape(periods, steps, n),
-                events.reshape(periods, steps, block),
-                jr.split(k_rewire, periods),
-            )
-            carry, _ = lax.scan(period, (state._replace(key=key), record), xs)
-            return carry, None
-
         record = ChunkRecord(
-            input_spikes=jnp.zeros(n, jnp.int32),
-            target_spikes=jnp.zeros(n, jnp.int32),
+            input_spikes=jnp.zeros(self.n, jnp.int32),
+            target_spikes=jnp.zeros(self.n, jnp.int32),
             rewiring=RewiringCounts.zeros(2, self.side),
             overflow_steps=jnp.zeros((), jnp.int32),
         )
+
+        def interval(carry, _):
+            carry, _ = self._interval(*carry, rewiring, axis_name)
+            return carry, None
+
         (state, record), _ = lax.scan(interval, (state, record), None, length=num_intervals)
         return state, record
 

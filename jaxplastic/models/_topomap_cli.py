@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -95,26 +94,6 @@ def _check_output_folder(path: Path) -> str | None:
     return None
 
 
-def _single_threaded_xla() -> None:
-    """Starts JAX's CPU backend with one intra-op thread (if it has not started yet).
-
-    XLA's CPU client sizes its thread pool from the CPUs the process may run on when the
-    backend starts, and splits loop fusions across that many threads. Restricting the
-    affinity to one CPU while the backend starts, and restoring it at once, gives one
-    intra-op thread without pinning the process.
-    """
-    if not hasattr(os, "sched_setaffinity"):
-        return
-    import jax
-
-    allowed = os.sched_getaffinity(0)
-    try:
-        os.sched_setaffinity(0, {min(allowed)})
-        jax.devices()
-    finally:
-        os.sched_setaffinity(0, allowed)
-
-
 def _mean_sd(values) -> dict[str, float]:
     import numpy as np
 
@@ -178,7 +157,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"jaxplastic topomap: error: {error}", file=sys.stderr)
         return 2
     if args.xla_threads == "1":
-        _single_threaded_xla()
+        from .._runtime import single_threaded_cpu
+
+        single_threaded_cpu()
 
     import jax
     import numpy as np
