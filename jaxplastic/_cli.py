@@ -13,6 +13,9 @@ import sys
 _COMMANDS = {
     "demo": "jaxplastic._demo_cli",
     "topomap": "jaxplastic.models._topomap_cli",
+    "train": "jaxplastic._train_cli",
+    "evaluate": "jaxplastic._evaluate_cli",
+    "export": "jaxplastic._export_cli",
 }
 
 

@@ -20,3 +20,16 @@ from ._eprop import (
     eprop as eprop,
     train_step as train_step,
 )
+from ._experiment import (
+    ClassifierConfig as ClassifierConfig,
+    NonFiniteLossError as NonFiniteLossError,
+    RunState as RunState,
+    evaluate as evaluate,
+    export_npz as export_npz,
+    init_run as init_run,
+    load_data as load_data,
+    load_run as load_run,
+    save_run as save_run,
+    to_numpy as to_numpy,
+    train_epochs as train_epochs,
+)

@@ -371,6 +371,28 @@ def deep_r_train_step(
             "init_deep_r), got None"
         )
     rule = eprop() if rule is None else rule
+    model, opt_state, params, eprop_info = _deep_r_update(
+        model, state, batch, optimizer=optimizer, rule=rule, dt=dt
+    )
+    model, state, counts = _deep_r_rewire(
+        model,
+        state,
+        opt_state,
+        params,
+        optimizer=optimizer,
+        proposals_per_round=proposals_per_round,
+        max_rounds=max_rounds,
+    )
+    return model, state, TrainInfo.of(eprop_info, *counts)
+
+
+def _deep_r_update(model, state: TrainState, batch: Batch, *, optimizer, rule: Eprop, dt: float):
+    """Steps 1-2 of :func:`deep_r_train_step`: e-prop gradients, signed L1, optimiser.
+
+    Returns ``(model, opt_state, params, eprop_info)``, ``params`` being the parameters
+    before the update (the tree the optimiser state is shaped like). Un-jitted; the two
+    halves are separate so that ``benchmarks/deep_r.py`` can time the rewiring on its own.
+    """
     spikes, labels = batch
     grads, eprop_info = rule.gradients(model, spikes, labels=labels, dt=dt)
 
@@ -387,7 +409,24 @@ def deep_r_train_step(
     transform = optax.with_extra_args_support(optimizer)
     updates, opt_state = transform.update(grads, state.opt_state, params, signs=signs)
     model = eqx.apply_updates(model, _mask_free_slots(model, updates))
+    return model, opt_state, params, eprop_info
 
+
+def _deep_r_rewire(
+    model,
+    state: TrainState,
+    opt_state,
+    params,
+    *,
+    optimizer,
+    proposals_per_round: int,
+    max_rounds: int,
+):
+    """Steps 3-4 of :func:`deep_r_train_step`: prune and regrow each projection with its own
+    key, then zero the optimiser moments of the changed slots.
+
+    Returns ``(model, state, (input counts, recurrent counts))``; un-jitted.
+    """
     key, k_in, k_rec = jr.split(state.key, 3)
     options = dict(proposals_per_round=proposals_per_round, max_rounds=max_rounds)
     conn_in, info_in = rewire(k_in, model.input, state.signs_input, **options)
@@ -396,9 +435,8 @@ def deep_r_train_step(
     opt_state = _reset_changed_slots(
         optimizer, opt_state, params, info_in.changed, info_rec.changed
     )
-
-    info = TrainInfo.of(eprop_info, DeepRCounts.of(info_in), DeepRCounts.of(info_rec))
-    return model, state._replace(opt_state=opt_state, key=key), info
+    counts = (DeepRCounts.of(info_in), DeepRCounts.of(info_rec))
+    return model, state._replace(opt_state=opt_state, key=key), counts
 
 
 # -- one interface for the three methods ------------------------------------------------------
