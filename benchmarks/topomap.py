@@ -13,7 +13,13 @@ with one intra-op thread (as ``jaxplastic topomap`` runs it):
   package), run the same way and interleaved chunk by chunk with the current one, so that
   load on a shared machine hits both alike; the table gives the ratio.
 - **ensemble** (``--seeds B``): B networks in one program (``vmap`` with ``axis_name``),
-  throughput in network model-seconds per wall second and the cost per network.
+  interleaved chunk by chunk with the single network over the same model time
+  (``--ensemble-duration``, default the whole run): throughput in network model-seconds per
+  wall second, and the cost per network relative to the single network over that stretch.
+- **growth** (``--growth 2 7``): two scales run interleaved chunk by chunk from their initial
+  states over the same model time (``--growth-duration``), so that load on a shared machine
+  hits both alike; the ratio of their wall times against the ratio of their neurons tests
+  linear growth.
 - **phase profile** (``--profile``): where a step's time goes. The spikes of a stretch of
   the run are recorded; the same stretch is then replayed (every variant delivering and
   learning from the recorded spikes, so that each does the same work) with all phases, and
@@ -33,6 +39,7 @@ Usage::
     python benchmarks/topomap.py --scales 1 4 --profile --seeds 4
     python benchmarks/topomap.py --baseline-commit HEAD --scales 1 2 4 7
     python benchmarks/topomap.py --scales 1 --duration 2 --repeats 3   # smoke run
+    python benchmarks/topomap.py --scales 1 --seeds 0 --growth 2 7     # linear growth
 """
 
 from __future__ import annotations
@@ -306,18 +313,23 @@ def markdown_tables(result: dict[str, Any]) -> str:
     if ensembles:
         text += (
             "\n\n| scale | networks | network model-s per wall s | per network "
-            "| one network alone |\n|---|---|---|---|---|\n"
+            "| one network alone | cost per network, relative |\n|---|---|---|---|---|---|\n"
         )
         for entry in ensembles:
             e = entry["ensemble"]
             text += (
                 f"| {entry['scale']} | {e['networks']} | **{e['network_s_per_wall_s']:.2f}** "
-                f"| {e['rtf']:.2f}x | {entry['single']['rtf']:.2f}x |\n"
+                f"| {e['rtf']:.2f}x | {e['single_same_stretch_rtf']:.2f}x "
+                f"| {e['per_network_cost_vs_alone']:.2f} |\n"
             )
     profiles = [e for e in result["scales"] if "profile" in e]
     if profiles:
-        head = "| scale | " + " | ".join(PHASE_NAMES.values()) + " | loop overhead | total |"
-        text += "\n\n" + head + "\n|" + "---|" * (len(PHASE_NAMES) + 3) + "\n"
+        head = (
+            "| scale | "
+            + " | ".join(PHASE_NAMES.values())
+            + " | loop overhead | total | live run |"
+        )
+        text += "\n\n" + head + "\n|" + "---|" * (len(PHASE_NAMES) + 4) + "\n"
         for entry in profiles:
             p = entry["profile"]
             cells = [
@@ -328,8 +340,12 @@ def markdown_tables(result: dict[str, Any]) -> str:
                 f"{p['overhead_us_per_model_ms']:.0f} ({100 * p['share']['overhead']:.0f} %)"
             )
             cells.append(f"{p['us_per_model_ms']['all']:.0f}")
+            cells.append(f"{p['us_per_model_ms']['live run']:.0f}")
             text += f"| {entry['scale']} | " + " | ".join(cells) + " |\n"
-        text += "\n(us of wall time per model ms, and share of the full replay)"
+        text += (
+            "\n(us of wall time per model ms, and share of the full replay; live run: the same "
+            "stretch simulated normally)"
+        )
     return text
 
 
@@ -352,6 +368,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--profile-intervals", type=int, default=None)
     parser.add_argument("--repeats", type=int, default=5, help="profile repeats")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--growth",
+        type=int,
+        nargs=2,
+        metavar=("SMALL", "LARGE"),
+        default=None,
+        help="also run these two scales interleaved chunk by chunk (0.1 s chunks, "
+        "--growth-duration model s) and report the ratio of their wall time per model second",
+    )
+    parser.add_argument("--growth-duration", type=float, default=2.0)
     parser.add_argument("--xla-threads", choices=("1", "all"), default="1")
     parser.add_argument(
         "--out", type=Path, default=Path(__file__).parent / "results" / "topomap.json"
@@ -385,6 +411,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "genn": {str(k): v for k, v in GENN.items()},
         "scales": [],
     }
+    chunk_walls: dict[int, list[float]] = {}
     for scale in args.scales:
         chunk_s = args.chunk or CHUNK_S.get(scale, 0.1)
         duration = args.duration or DURATION_S.get(scale, 2.0)
@@ -398,7 +425,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             + ", ".join(f"{r.name} {r.compile_s:.1f} s" for r in runners),
             flush=True,
         )
-        interleaved(runners, chunks)
+        ens = None
+        if args.seeds > 1:
+            # The ensemble runs interleaved with the single network over the same stretch of
+            # model time (by default the whole run), so that both see the same load.
+            ens = Runner("ensemble", current, scale, args.seeds, chunk_s, args.seed)
+            ens_duration = args.ensemble_duration or duration
+            ens_chunks = min(chunks, max(1, round(ens_duration / ens.chunk_s)))
+        for c in range(chunks):
+            group = runners + ([ens] if ens is not None and c < ens_chunks else [])
+            for r in group if c % 2 == 0 else group[::-1]:
+                r.chunk()
         entry: dict[str, Any] = {
             "scale": scale,
             "neurons": runners[0].model.n,
@@ -415,16 +452,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 f"{s['target_rate_hz_last_chunk']:.1f} Hz",
                 flush=True,
             )
-        if args.seeds > 1:
-            ens = Runner("ensemble", current, scale, args.seeds, chunk_s, args.seed)
-            ens_chunks = max(1, round((args.ensemble_duration or duration / 2) / ens.chunk_s))
-            interleaved([ens], ens_chunks)
-            entry["ensemble"] = ens.summary()
-            e = entry["ensemble"]
+        if ens is not None:
+            entry["ensemble"] = e = ens.summary()
+            alone = sum(runners[0].times[:ens_chunks])
+            e["single_same_stretch_rtf"] = ens_chunks * ens.chunk_s / alone
+            e["per_network_cost_vs_alone"] = e["wall_s"] / args.seeds / alone
             print(
                 f"  ensemble  {args.seeds} networks x {e['model_s']:g} s in {e['wall_s']:.2f} s: "
                 f"{e['network_s_per_wall_s']:.2f} network-s per wall s "
-                f"({e['rtf']:.2f}x each; compiled in {e['compile_s']:.1f} s)",
+                f"({e['rtf']:.2f}x each; one network alone over the same stretch "
+                f"{e['single_same_stretch_rtf']:.2f}x; compiled in {e['compile_s']:.1f} s)",
                 flush=True,
             )
         if args.profile:
@@ -440,14 +477,51 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 flush=True,
             )
         result["scales"].append(entry)
+        chunk_walls[scale] = list(runners[0].times)
     singles = {e["scale"]: e["single"] for e in result["scales"]}
     if 2 in singles and 7 in singles:
         growth = (
             singles[7]["wall_s_per_model_s_per_network"]
             / singles[2]["wall_s_per_model_s_per_network"]
         )
-        result["growth_2_to_7"] = {"wall_ratio": growth, "neuron_ratio": 49 / 4}
-        print(f"wall time per model second, scale 7 over scale 2: {growth:.2f} (neurons: 12.25)")
+        # The same comparison over the same stretch of model time from the start (the
+        # activity, and with it the cost per step, grows as the map forms).
+        seven = singles[7]
+        k = min(len(chunk_walls[2]), max(1, round(seven["model_s"] / singles[2]["chunk_s"])))
+        two_early = sum(chunk_walls[2][:k]) / (k * singles[2]["chunk_s"])
+        equal = seven["wall_s"] / seven["model_s"] / two_early
+        result["growth_2_to_7"] = {
+            "wall_ratio": growth,
+            "wall_ratio_equal_model_time": equal,
+            "equal_model_time_s": k * singles[2]["chunk_s"],
+            "neuron_ratio": 49 / 4,
+        }
+        print(
+            f"wall time per model second, scale 7 over scale 2: {growth:.2f}; over the first "
+            f"{k * singles[2]['chunk_s']:g} s of both: {equal:.2f} (neurons: 12.25)"
+        )
+    if args.growth:
+        small, large = args.growth
+        pair = [Runner(f"scale {sc}", current, sc, 1, 0.1, args.seed) for sc in (small, large)]
+        interleaved(pair, max(1, round(args.growth_duration / pair[0].chunk_s)))
+        walls = [r.summary() for r in pair]
+        ratio = walls[1]["wall_s"] / walls[0]["wall_s"]
+        median_ratio = walls[1]["median_chunk_wall_s"] / walls[0]["median_chunk_wall_s"]
+        neurons = pair[1].model.n / pair[0].model.n
+        result["growth_interleaved"] = {
+            "scales": [small, large],
+            "model_s": walls[0]["model_s"],
+            "rtf": [w["rtf"] for w in walls],
+            "wall_ratio": ratio,
+            "median_chunk_ratio": median_ratio,
+            "neuron_ratio": neurons,
+        }
+        print(
+            f"growth, scales {small} and {large} interleaved over {walls[0]['model_s']:g} s: "
+            f"real-time factors {walls[0]['rtf']:.2f}x and {walls[1]['rtf']:.2f}x, wall time "
+            f"ratio {ratio:.2f} (median chunks {median_ratio:.2f}) for {neurons:.2f}x the neurons",
+            flush=True,
+        )
     result["load_average_end"] = os.getloadavg()[0]
     result["table"] = markdown_tables(result)
     print()

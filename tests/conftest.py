@@ -3,6 +3,12 @@
 import os
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# Four CPU devices, for the multi-device tests (tests/test_parallel.py); everything else runs on
+# the first, as before. Must be set before JAX starts its CPU backend.
+if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (
+        os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
+    ).strip()
 
 import jax  # noqa: E402
 import jax.random as jr  # noqa: E402

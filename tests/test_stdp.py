@@ -205,3 +205,38 @@ def test_events_that_are_not_spiking_rows_are_ignored(getkey):
     ref, ref_delivered = depress_rows_reference(conn, spikes, trace, a_minus=0.05, w_max=0.2)
     np.testing.assert_allclose(np.asarray(new.weight), np.asarray(ref.weight), atol=1e-7)
     np.testing.assert_allclose(np.asarray(delivered), np.asarray(ref_delivered), atol=1e-6)
+
+
+@pytest.mark.parametrize("heads", [(0, 0), (1, 3), (4, 2), (9, 9)])
+def test_two_part_processing_visits_every_entry_once(heads):
+    # Two first blocks (9 and 5 entries) with various spike counts: every spiking index is
+    # handed to `process` exactly once, whatever the heads, alone or under vmap.
+    from jaxplastic.plasticity.stdp import _in_two_parts
+
+    n = 40
+
+    def run(mask_a, mask_b, axis_name=None):
+        blocks = [compact_spikes(m, size) for m, size in ((mask_a, 9), (mask_b, 5))]
+        firsts = tuple(b[0] for b in blocks)
+        counts = tuple(b[1] for b in blocks)
+
+        def process(parts, hits):
+            a, b = parts
+            hits = hits.at[a].add(1, mode="drop")
+            return hits.at[b].add(100, mode="drop")
+
+        return _in_two_parts(firsts, counts, heads, process, jnp.zeros(n, jnp.int32), axis_name)
+
+    key_a, key_b = jr.split(jr.key(0))
+    masks_a = jr.bernoulli(key_a, jnp.array([0.0, 0.05, 0.2, 0.5])[:, None], (4, n))
+    masks_b = jr.bernoulli(key_b, jnp.array([0.5, 0.0, 0.05, 0.1])[:, None], (4, n))
+    expected = []
+    for mask_a, mask_b in zip(masks_a, masks_b, strict=True):
+        # Entries inside the blocks: the first 9 (5) spiking indices.
+        want = np.zeros(n, np.int64)
+        want[np.flatnonzero(np.asarray(mask_a))[:9]] += 1
+        want[np.flatnonzero(np.asarray(mask_b))[:5]] += 100
+        expected.append(want)
+        np.testing.assert_array_equal(np.asarray(jax.jit(run)(mask_a, mask_b)), want)
+    batched = jax.vmap(lambda a, b: run(a, b, "seeds"), axis_name="seeds")(masks_a, masks_b)
+    np.testing.assert_array_equal(np.asarray(batched), np.stack(expected))

@@ -406,11 +406,36 @@ def test_spike_block_size_does_not_change_the_simulation():
     np.testing.assert_allclose(np.asarray(a.neurons.v), np.asarray(b.neurons.v), atol=1e-5)
 
 
+@pytest.mark.parametrize("spike_head", [1, 2])
+def test_spike_head_does_not_change_the_simulation(spike_head):
+    # Small heads make most spiking steps take the second part of the blocks: the result must
+    # equal the run that delivers and learns from whole blocks (the default at scale 1).
+    state = jax.jit(TopographicMap().init)(jr.key(5))
+    results = []
+    for head in (spike_head, None):
+        model = TopographicMap(spike_head=head)
+        assert model.spike_heads[1] == (head or model.spike_block)
+        run = jax.jit(lambda s, model=model: model.run(s, num_intervals=2))
+        results.append(run(state))
+    (a, rec_a), (b, rec_b) = results
+    np.testing.assert_array_equal(np.asarray(rec_a.target_spikes), np.asarray(rec_b.target_spikes))
+    assert int(rec_a.target_spikes.sum()) > 0
+    np.testing.assert_array_equal(np.asarray(a.afferent.post), np.asarray(b.afferent.post))
+    np.testing.assert_allclose(
+        np.asarray(a.afferent.weight), np.asarray(b.afferent.weight), atol=1e-7
+    )
+    np.testing.assert_allclose(np.asarray(a.neurons.v), np.asarray(b.neurons.v), atol=1e-5)
+
+
 def test_model_parameter_validation():
     with pytest.raises(ValueError, match="scale"):
         TopographicMap(scale=0)
     with pytest.raises(ValueError, match="multiple of dt"):
         TopographicMap(rewiring_interval=0.25)
+    with pytest.raises(ValueError, match="spike_head"):
+        TopographicMap(spike_head=0)
+    with pytest.raises(ValueError, match="max_spikes"):
+        TopographicMap(max_spikes=2.5)
     with pytest.raises(ValueError, match="duration_s"):
         run_topographic(TopographicMap(), duration_s=0.0)
     bamford = TopographicMap.bamford()

@@ -206,6 +206,33 @@ def _after_first_blocks(masks, firsts, counts, process, carry, axis_name=None):
     return lax.while_loop(more, next_blocks, (cursors, left, carry))[2]
 
 
+def _in_two_parts(firsts, counts, heads, process, carry, axis_name=None):
+    """Runs ``process(blocks, carry)`` over first blocks in two parts: a head, then the rest
+    only when some block has spiking indices past its head.
+
+    ``firsts`` are first blocks as :func:`compact_spikes` gives them (``int[B]``: the spiking
+    indices in ascending order, then sentinels past the last neuron), ``counts`` their
+    numbers of spiking neurons and ``heads`` the static lengths of the heads. The heads are
+    processed unconditionally; the rests (``first[head:]``) in a loop that runs once or not
+    at all. Each entry is processed exactly once, so the result is that of
+    ``process(firsts, carry)`` whenever ``process`` touches disjoint state per entry (and up
+    to the order of floating-point sums otherwise), while a step with fewer spikes than the
+    heads costs only the heads. Under ``vmap`` with ``axis_name`` the rests run when any
+    member needs them (no per-member select of the carry).
+    """
+    heads = [max(0, min(int(h), first.shape[0])) for first, h in zip(firsts, heads, strict=True)]
+    carry = process(tuple(f[:h] for f, h in zip(firsts, heads, strict=True)), carry)
+    if all(h == first.shape[0] for first, h in zip(firsts, heads, strict=True)):
+        return carry
+    rest = jnp.stack([count > h for count, h in zip(counts, heads, strict=True)])
+    trips = _any(rest, axis_name).astype(jnp.int32)
+
+    def body(_, carry):
+        return process(tuple(f[h:] for f, h in zip(firsts, heads, strict=True)), carry)
+
+    return lax.fori_loop(0, trips, body, carry)
+
+
 def _for_each_block(spikes, max_spikes, events, process, carry, axis_name=None):
     """Runs ``process(index, carry)`` on the first block of spiking neurons, then on further
     blocks while spikes remain. ``events`` (optional) is a precomputed first block: distinct
