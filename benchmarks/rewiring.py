@@ -3,10 +3,12 @@
 Times, in one process and interleaved repeat by repeat:
 
 - one structural step with 0.1 %, 1 % and 10 % of the live synapses changed:
-  ``remove`` (:func:`jaxplastic.remove_synapses` with a random mask), ``add``
-  (:func:`jaxplastic.add_synapses` of as many random proposals), ``prune+regrow`` (both, as
-  DEEP R does) and ``update_rows`` (a per-row rule that prunes the weakest synapses and
-  proposes as many random targets as it pruned);
+  ``remove`` (:func:`jaxplastic.remove_synapses` with a random mask), ``remove_slots``
+  (:func:`jaxplastic.remove_slots` of the same slots, given as a list), ``add``
+  (:func:`jaxplastic.add_synapses` of as many random proposals), ``prune+regrow`` (remove
+  then add, as DEEP R does), ``prune_slots+regrow`` (the same with the list removal) and
+  ``update_rows`` (a per-row rule that prunes the weakest synapses and proposes as many
+  random targets as it pruned);
 - each step with and without a column view: the difference is the cost of the incremental
   column upkeep, compared with a full rebuild of the column view (``build_column_view``,
   the XLA reference for the upkeep);
@@ -50,7 +52,7 @@ import jaxplastic as jp
 from jaxplastic._connectivity import build_column_view
 
 FRACTIONS = (0.001, 0.01, 0.1)
-OPS = ("remove", "add", "prune+regrow", "update_rows")
+OPS = ("remove", "remove_slots", "add", "prune+regrow", "prune_slots+regrow", "update_rows")
 
 
 # -- the projection and the changes ----------------------------------------------------------
@@ -119,12 +121,22 @@ def step_remove(conn, mask):
     return jp.remove_synapses(conn, mask)
 
 
+def step_remove_slots(conn, rows, slots):
+    return jp.remove_slots(conn, rows, slots)
+
+
 def step_add(conn, rows, targets, values):
     return jp.add_synapses(conn, rows, targets, values)
 
 
 def step_prune_regrow(conn, mask, rows, targets, values):
     conn, removed = jp.remove_synapses(conn, mask)
+    conn, added = jp.add_synapses(conn, rows, targets, values)
+    return conn, removed.merge(added)
+
+
+def step_prune_slots_regrow(conn, remove_rows, slots, rows, targets, values):
+    conn, removed = jp.remove_slots(conn, remove_rows, slots)
     conn, added = jp.add_synapses(conn, rows, targets, values)
     return conn, removed.merge(added)
 
@@ -229,8 +241,14 @@ def build_cases(conn, changes, args, donate: bool) -> list[Case]:
     tag = "donated" if donate else "copied"
     for fraction, change in changes.items():
         mask, (rows, targets, values) = change["mask"], change["proposals"]
+        remove_rows, slots = (jnp.asarray(x, jnp.int32) for x in np.nonzero(np.asarray(mask)))
         inputs = {
             "remove": (step_remove, (mask,)),
+            "remove_slots": (step_remove_slots, (remove_rows, slots)),
+            "prune_slots+regrow": (
+                step_prune_slots_regrow,
+                (remove_rows, slots, rows, targets, values),
+            ),
             "add": (step_add, (rows, targets, values)),
             "prune+regrow": (step_prune_regrow, (mask, rows, targets, values)),
             "update_rows": (

@@ -40,6 +40,7 @@ from ._structural import (
     RowUpdate as RowUpdate,
     RowView as RowView,
     add_synapses as add_synapses,
+    remove_slots as remove_slots,
     remove_synapses as remove_synapses,
     reset_slots as reset_slots,
     update_rows as update_rows,

@@ -27,6 +27,7 @@ __all__ = [
     "RowUpdate",
     "RowView",
     "add_synapses",
+    "remove_slots",
     "remove_synapses",
     "reset_slots",
     "update_rows",
@@ -239,6 +240,69 @@ def _remove_slots(
         position = column.position.at[write_rows, slots].set(free, mode="drop")
         column = ColumnView(pre_slot=pre_slot, position=position)
     return RaggedConnectivity(post, synapses, column, n_post), removed
+
+
+def remove_slots(
+    conn: RaggedConnectivity,
+    rows: Int[ArrayLike, " k"],
+    slots: Int[ArrayLike, " k"],
+    valid: Bool[ArrayLike, " k"] | None = None,
+) -> tuple[RaggedConnectivity, RewireInfo]:
+    """Removes the synapses at the listed slots ``(rows[e], slots[e])``.
+
+    The same result as :func:`remove_synapses` with a mask of the listed slots, but the
+    projection's arrays are only written at the listed slots (O(k) scatters, in place when the
+    projection is donated or a loop carry), and the column view is unlinked through
+    ``column.position`` at those slots only; only the returned ``changed`` mask (and its count)
+    spans the whole projection. Entries that are not ``valid``, out of range, or name a free
+    slot are ignored; a slot listed twice is removed once.
+
+    Args:
+        conn: the projection.
+        rows: ``[k]`` presynaptic rows.
+        slots: ``[k]`` slot indices in ``[0, cap)``.
+        valid: optional ``bool[k]``; entries where it is False are ignored (default: all).
+
+    Returns:
+        ``(conn, info)``: the new projection and a :class:`RewireInfo` whose ``changed`` marks
+        the freed slots and ``removed`` counts them.
+
+    Example:
+        >>> import jax.numpy as jnp, jaxplastic as jp
+        >>> conn = jp.from_edges([0, 0, 1], [1, 2, 0], n_pre=2, n_post=3, capacity=2)
+        >>> conn, info = jp.remove_slots(conn, jnp.array([0, 1]), jnp.array([1, 0]))
+        >>> int(info.removed), int(conn.num_synapses)
+        (2, 1)
+    """
+    rows = jnp.asarray(rows)
+    slots = jnp.asarray(slots)
+    if rows.ndim != 1 or slots.shape != rows.shape:
+        raise ValueError(
+            f"rows and slots: expected 1-D arrays of equal length, got {rows.shape} and "
+            f"{slots.shape}"
+        )
+    for name, arr in (("rows", rows), ("slots", slots)):
+        if not jnp.issubdtype(arr.dtype, jnp.integer):
+            raise TypeError(f"{name}: expected an integer dtype, got {arr.dtype}")
+    if valid is None:
+        valid = jnp.ones(rows.shape, bool)
+    valid = jnp.asarray(valid)
+    if valid.shape != rows.shape or valid.dtype != jnp.bool_:
+        raise ValueError(
+            f"valid: expected a bool array of shape {rows.shape}, got {valid.dtype}{valid.shape}"
+        )
+    rows = rows.astype(conn.post.dtype)
+    slots = slots.astype(conn.post.dtype)
+    # Negative indices would wrap around in a gather: out of range entries are ignored instead.
+    in_range = (rows >= 0) & (rows < conn.n_pre) & (slots >= 0) & (slots < conn.capacity)
+    valid = valid & in_range
+    conn, removed = _remove_slots(conn, rows, slots, valid)
+    # A repeated slot reads the same live synapse twice and writes the same values twice, so
+    # the projection is right; counting the changed mask counts it once.
+    write_rows = jnp.where(removed, rows, conn.n_pre)  # out of bounds -> dropped
+    changed = jnp.zeros(conn.post.shape, bool).at[write_rows, slots].set(True, mode="drop")
+    z = _zero_count()
+    return conn, RewireInfo(changed, _count(changed), z, z, z, z, z)
 
 
 # -- addition ---------------------------------------------------------------------------------

@@ -167,6 +167,70 @@ def test_shortfall_is_reported_when_rows_are_full():
     _recheck(new)
 
 
+def _assert_same(a, b):
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def _without_column(conn):
+    return jp.RaggedConnectivity(conn.post, conn.synapses, None, conn.n_post)
+
+
+@pytest.mark.parametrize("padding", [1.0, 2.0])
+def test_regrowth_without_column_view_equals_add_synapses(padding):
+    # Without a column view regrowth places its proposals directly; with a column view too
+    # large to refuse anything it goes through add_synapses: the same synapses either way,
+    # including the row-full refusals of nearly full rows (small padding, small rounds).
+    conn = _projection(jr.key(0), padding=padding, column_capacity=60)
+    signs = deep_r.init_signs(jr.key(1), conn, autapses=False)
+    conn = _perturb(conn, jr.key(3), 1.5)
+    options = dict(proposals_per_round=8, max_rounds=20)
+    with_col, info_col = _rewire(jr.key(4), conn, signs, **options)
+    without, info = _rewire(jr.key(4), _without_column(conn), signs, **options)
+    assert int(info.removed) > 0
+    _assert_same((_without_column(with_col), info_col), (without, info))
+
+
+def test_regrowth_of_full_rows_equals_add_synapses():
+    n = 24
+    conn = jp.from_dense(np.ones((n, n), np.float32), column_capacity=n)
+    signs = deep_r.init_signs(jr.key(1), conn)
+    weight = jnp.where(conn.post == jnp.arange(n)[:, None], -1.0, 1.0)
+    conn = jp.RaggedConnectivity(conn.post, {"weight": weight}, conn.column, n)
+    options = dict(proposals_per_round=16, max_rounds=4)
+    with_col, info_col = _rewire(jr.key(2), conn, signs, **options)
+    without, info = _rewire(jr.key(2), _without_column(conn), signs, **options)
+    assert int(info.shortfall) > 0
+    _assert_same((_without_column(with_col), info_col), (without, info))
+
+
+def test_projections_rewired_together_equal_one_by_one():
+    # One regrowth loop for several projections (as the DEEP R training step runs it) gives
+    # each one exactly what `rewire` gives it alone, whatever the number of rounds each needs.
+    a = _projection(jr.key(0), n=60)
+    b = jp.fixed_probability(
+        jr.key(1), 40, 90, 0.2, padding=1.0, weight=jax.nn.initializers.normal(1.0)
+    )
+    c = _projection(jr.key(2), n=30, column_capacity=20)
+    signs = [
+        deep_r.init_signs(jr.key(4), a, autapses=False),
+        deep_r.init_signs(jr.key(5), b),
+        deep_r.init_signs(jr.key(6), c, autapses=False),
+    ]
+    conns = [
+        _perturb(x, jr.fold_in(jr.key(3), i), scale)
+        for i, (x, scale) in enumerate([(a, 1.0), (b, 0.1), (c, 0.5)])
+    ]
+    keys = [jr.key(7), jr.key(8), jr.key(9)]
+    options = dict(proposals_per_round=4, max_rounds=64)
+    together = jax.jit(lambda k, c, s: deep_r._rewire_projections(k, c, s, **options))(
+        keys, conns, signs
+    )
+    alone = [_rewire(k, c, s, **options) for k, c, s in zip(keys, conns, signs, strict=True)]
+    _assert_same(together, ([x[0] for x in alone], [x[1] for x in alone]))
+    assert len({int(x[1].removed) // 4 for x in alone}) > 1  # different numbers of rounds
+
+
 @pytest.mark.standard_promotion
 def test_l1_chains_with_adam():
     conn = _projection(jr.key(0))

@@ -171,6 +171,58 @@ def test_random_edit_sequences_match_edge_model(seed, operations, with_column):
         )
 
 
+_remove_slots_jit = jax.jit(jp.remove_slots)
+
+
+@settings(max_examples=20)
+@given(st.integers(0, 1000), st.integers(0, 2**31), st.booleans(), st.integers(0, 40))
+def test_remove_slots_matches_edge_model(seed, op_seed, with_column, k):
+    conn = _initial(seed, with_column)
+    model = EdgeModel(conn)
+    rng = np.random.default_rng(op_seed)
+    # Rows and slots include out-of-range (and negative) entries, free slots and repeats.
+    rows = rng.integers(-1, N_PRE + 1, size=k).astype(np.int32)
+    slots = rng.integers(-1, CAP + 1, size=k).astype(np.int32)
+    valid = rng.random(k) < 0.8
+    post = np.asarray(conn.post)
+    pairs = {
+        (int(r), int(post[r, c]))
+        for r, c, v in zip(rows, slots, valid, strict=True)
+        if v and 0 <= r < N_PRE and 0 <= c < CAP and post[r, c] != N_POST
+    }
+    new, info = _remove_slots_jit(conn, rows, slots, valid)
+    model.remove(pairs)
+    assert int(info.removed) == len(pairs)
+    assert int(info.changed.sum()) == len(pairs)
+    assert int(info.added) == 0 and int(info.refused) == 0
+    new = _recheck(new)
+    np.testing.assert_array_equal(np.asarray(new.to_dense()), model.dense())
+    changed = np.asarray(info.changed)
+    assert np.all(np.asarray(new.post)[changed] == N_POST)
+    np.testing.assert_array_equal(changed, (post != N_POST) & (np.asarray(new.post) == N_POST))
+    if with_column:
+        _assert_column_equals_rebuild(new)
+    # The same projection as remove_synapses with the mask of the listed slots.
+    mask = np.zeros((N_PRE, CAP), bool)
+    for r, c, v in zip(rows, slots, valid, strict=True):
+        if v and 0 <= r < N_PRE and 0 <= c < CAP:
+            mask[r, c] = True
+    ref, ref_info = _remove_jit(conn, jnp.asarray(mask))
+    for a, b in zip(jax.tree.leaves(new), jax.tree.leaves(ref), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    np.testing.assert_array_equal(changed, np.asarray(ref_info.changed))
+
+
+def test_remove_slots_checks_inputs():
+    conn = _initial(0)
+    with pytest.raises(ValueError, match="rows and slots"):
+        jp.remove_slots(conn, jnp.zeros(3, jnp.int32), jnp.zeros(2, jnp.int32))
+    with pytest.raises(TypeError, match="slots"):
+        jp.remove_slots(conn, jnp.zeros(2, jnp.int32), jnp.zeros(2, jnp.float32))
+    with pytest.raises(ValueError, match="valid"):
+        jp.remove_slots(conn, jnp.zeros(2, jnp.int32), jnp.zeros(2, jnp.int32), jnp.ones(3, bool))
+
+
 def test_add_refusals_by_cause():
     conn = jp.from_edges([0, 0, 1], [0, 1, 1], n_pre=3, n_post=3, capacity=2, column_capacity=2)
     rows = jnp.array([0, 1, 1, 2, 2, 5, 2, 1], jnp.int32)

@@ -44,7 +44,7 @@ from .._connectivity import RaggedConnectivity
 from .._custom_types import Array, ArrayLike, Float, Int, PRNGKeyArray, Shaped
 from ..models._classifier import AbstractClassifier, DenseClassifier, RecurrentClassifier
 from ._eprop import Eprop, EpropInfo, eprop, train_step as eprop_train_step
-from .deep_r import DeepRInfo, Signs, init_signs, l1, rewire, slot_signs
+from .deep_r import DeepRInfo, Signs, _rewire_projections, init_signs, l1, slot_signs
 
 __all__ = [
     "DeepRCounts",
@@ -428,9 +428,15 @@ def _deep_r_rewire(
     Returns ``(model, state, (input counts, recurrent counts))``; un-jitted.
     """
     key, k_in, k_rec = jr.split(state.key, 3)
-    options = dict(proposals_per_round=proposals_per_round, max_rounds=max_rounds)
-    conn_in, info_in = rewire(k_in, model.input, state.signs_input, **options)
-    conn_rec, info_rec = rewire(k_rec, model.recurrent, state.signs_recurrent, **options)
+    # Both projections in one regrowth loop: the same result as one `rewire` each with its
+    # own key, with half the loops' fixed cost.
+    (conn_in, conn_rec), (info_in, info_rec) = _rewire_projections(
+        [k_in, k_rec],
+        [model.input, model.recurrent],
+        [state.signs_input, state.signs_recurrent],
+        proposals_per_round=proposals_per_round,
+        max_rounds=max_rounds,
+    )
     model = eqx.tree_at(lambda m: (m.input, m.recurrent), model, (conn_in, conn_rec))
     opt_state = _reset_changed_slots(
         optimizer, opt_state, params, info_in.changed, info_rec.changed
