@@ -40,7 +40,6 @@ import json
 import os
 import platform
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -50,65 +49,28 @@ import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 import optax
+from eprop import (
+    CONFIGS as EPROP_CONFIGS,
+    LABELS as EPROP_LABELS,
+    N_IN,
+    N_OUT,
+    Candidate,
+    make_model as eprop_model,
+)
 
 from jaxplastic.learning import deep_r, deep_r_train_step, eprop, init_deep_r, with_padding
 from jaxplastic.learning._deep_r_train import _deep_r_rewire, _deep_r_update
-from jaxplastic.models import recurrent_classifier
 
-N_IN, N_HIDDEN, N_OUT = 2048, 512, 11
-# (density, weight gain): the gains of benchmarks/eprop.py (hidden rates of tens of Hz).
-CONFIGS = {"sparse1": (0.01, 9.0), "sparse5": (0.05, 3.5)}
-LABELS = {"sparse1": "1 % / 1 %", "sparse5": "5 % / 5 %"}
+# The model, its weight gains and the timer of the e-prop benchmark (same folder).
+CONFIGS = {name: EPROP_CONFIGS[name] for name in ("sparse1", "sparse5")}
+LABELS = {name: EPROP_LABELS[name] for name in CONFIGS}
 MODES = ("online", "factorized")
 LR, L1, PADDING = 5e-3, 0.1, 1.0
 PROPOSALS, MAX_ROUNDS = 256, 64
 
 
-class Candidate:
-    """One function compiled ahead of time on fixed arguments, timed call by call."""
-
-    def __init__(self, name: str, fn: Callable, args: tuple):
-        self.name = name
-        params, static = eqx.partition(args, eqx.is_array)
-        self.params = params
-        call = jax.jit(lambda p: fn(*eqx.combine(p, static)))
-        t0 = time.perf_counter()
-        self.compiled = call.lower(params).compile()
-        self.compile_s = time.perf_counter() - t0
-        self.times: list[float] = []
-
-    def __call__(self):
-        return self.compiled(self.params)
-
-    def run(self) -> float:
-        t0 = time.perf_counter()
-        jax.block_until_ready(self())
-        return time.perf_counter() - t0
-
-    def summary(self) -> dict[str, Any]:
-        q = np.percentile(self.times, [25, 50, 75])
-        return {
-            "median_s": float(q[1]),
-            "p25_s": float(q[0]),
-            "p75_s": float(q[2]),
-            "samples": len(self.times),
-            "compile_s": self.compile_s,
-        }
-
-
 def make_model(config: str, seed: int):
-    density, gain = CONFIGS[config]
-    model = recurrent_classifier(
-        N_IN,
-        N_OUT,
-        n_hidden=N_HIDDEN,
-        neuron="alif",
-        p_in=density,
-        p_rec=density,
-        weight_gain=gain,
-        key=jr.key(seed),
-    )
-    return with_padding(model, PADDING)
+    return with_padding(eprop_model(config, "alif", seed), PADDING)
 
 
 def _leaves_equal(a, b) -> bool:
@@ -163,8 +125,8 @@ def measure(config: str, mode: str, args) -> dict[str, Any]:
     if not (_leaves_equal(full_model, split_model) and _leaves_equal(full_state, split_state)):
         raise AssertionError(f"{config} {mode}: update + rewire != deep_r_train_step")
     cands = [cand_full, cand_update, cand_rewire]
-    for cand in cands:  # warm up
-        cand.run()
+    for cand in cands:
+        cand.warmup_s = cand.run()
     diffs = []
     for r in range(args.repeats):
         order = cands[r % 3 :] + cands[: r % 3]

@@ -4,14 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+from ._cli_args import positive_int
+
 HELP = "run a sparse recurrent LIF network driven by Poisson input and report its activity"
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
-    return value
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -11,7 +11,8 @@ HELP = "accuracy of a classifier checkpoint (from `jaxplastic train`) on a datas
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from ._train_cli import add_data_arguments, positive_int
+    from ._cli_args import positive_int
+    from ._train_cli import add_data_arguments
 
     parser.add_argument(
         "checkpoint",

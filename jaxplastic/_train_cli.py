@@ -14,13 +14,21 @@ import argparse
 import csv
 import io
 import json
-import math
 import os
 import statistics
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from ._cli_args import (
+    check_output_folder,
+    density,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+)
 
 HELP = (
     "train a recurrent spiking classifier (dense, static sparse or DEEP R; e-prop) with "
@@ -31,62 +39,6 @@ EXIT_BAD_INPUT = 2
 EXIT_DIVERGED = 3
 EXIT_INTERRUPTED = 130
 CHECKPOINT_PREFIX = "epoch_"
-
-
-# -- argument types ----------------------------------------------------------------------------
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text}")
-    return value
-
-
-def non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text}")
-    return value
-
-
-def _number(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"expected a finite number, got {text}")
-    return value
-
-
-def density(text: str) -> float:
-    value = _number(text)
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(
-            f"expected a density in (0, 1] (a fraction: 0.01 is 1 %), got {text}"
-        )
-    return value
-
-
-def positive_float(text: str) -> float:
-    value = _number(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text}")
-    return value
-
-
-def non_negative_float(text: str) -> float:
-    value = _number(text)
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text}")
-    return value
 
 
 def add_data_arguments(parser: argparse.ArgumentParser, *, defaults: bool = True) -> None:
@@ -348,24 +300,13 @@ def config_from_args(args):
     )
 
 
-def _check_output_folder(path: Path) -> str | None:
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".jaxplastic_write_test"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as exc:
-        return f"cannot write to output folder {str(path)!r}: {exc.strerror or exc}"
-    return None
-
-
 def run(args: argparse.Namespace) -> int:
     try:
         config = config_from_args(args)
     except ValueError as exc:
         error("train", str(exc))
         return EXIT_BAD_INPUT
-    message = _check_output_folder(args.out)
+    message = check_output_folder(args.out)
     if message is not None:
         error("train", message)
         return EXIT_BAD_INPUT

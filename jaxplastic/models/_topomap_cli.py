@@ -16,43 +16,25 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .._cli_args import check_output_folder, positive_float, positive_int
+
 HELP = (
     "topographic map formation (Bamford et al. 2010, as run by GeNN): STDP + rewiring; "
     "writes figures and a JSON of metrics"
 )
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text}")
-    return value
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--scale", type=_positive_int, default=1, help="layers of (16 s)^2 neurons (default 1)"
+        "--scale", type=positive_int, default=1, help="layers of (16 s)^2 neurons (default 1)"
     )
     parser.add_argument(
-        "--duration", type=_positive_float, default=60.0, help="model time in s (default 60)"
+        "--duration", type=positive_float, default=60.0, help="model time in s (default 60)"
     )
     parser.add_argument("--seed", type=int, default=0, help="first seed (default 0)")
     parser.add_argument(
         "--seeds",
-        type=_positive_int,
+        type=positive_int,
         default=1,
         help="number of networks, seeds seed..seed+N-1, run together with vmap (default 1)",
     )
@@ -68,7 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--record-every",
-        type=_positive_float,
+        type=positive_float,
         default=None,
         help="model time between records in s (default: 1 s, or duration/10 for short runs)",
     )
@@ -80,18 +62,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "tiny operations per millisecond, which splitting across threads slows down)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-
-
-def _check_output_folder(path: Path) -> str | None:
-    """Creates the folder and checks that it is writable; returns an error message or None."""
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".jaxplastic_write_test"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as error:
-        return f"cannot write to output folder {str(path)!r}: {error.strerror or error}"
-    return None
 
 
 def _mean_sd(values) -> dict[str, float]:
@@ -152,7 +122,7 @@ def _collect(result: dict[str, Any], model) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    error = _check_output_folder(args.out)
+    error = check_output_folder(args.out)
     if error is not None:
         print(f"jaxplastic topomap: error: {error}", file=sys.stderr)
         return 2
