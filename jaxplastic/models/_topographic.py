@@ -430,6 +430,63 @@ def bamford_rewire(
     )
 
 
+class _Attempts(NamedTuple):
+    """One rewiring update's attempts (``[m]`` each), as :func:`_draw_attempts` draws them."""
+
+    rows: Int[Array, " m"]
+    targets: Int[Array, " m"]
+    uniform: Float[Array, " m"]
+    source_of: Int[Array, " m"]  # index of the attempt's RewiringSource
+
+
+def _draw_attempts(key, sources, n: int, n_pre: int) -> _Attempts:
+    """All the randomness of one rewiring update: for each source, ``attempts`` uniformly
+    random (row in the source's layer, target) pairs with a uniform each, targets distinct
+    within a row. Rows and targets come by a modulo (bias below n / 2^32 <= 3e-6), the
+    uniforms from one counter-based hash. Above ``_PAIRWISE_MAX_ATTEMPTS`` the attempts come
+    sorted by row."""
+    m = sum(source.attempts for source in sources)
+    which = np.repeat(np.arange(len(sources)), [source.attempts for source in sources])
+    start = np.array([source.start for source in sources], np.int32)
+    seeds = jr.bits(key, (2,), jnp.uint32)
+    bits = _hash(jnp.arange(3 * m, dtype=jnp.uint32), seeds)
+    rows = jnp.asarray(start[which]) + (bits[:m] % jnp.uint32(n)).astype(jnp.int32)
+    targets = (bits[m : 2 * m] % jnp.uint32(n)).astype(jnp.int32)
+    uniform = _uniform(bits[2 * m :])
+    source_of = jnp.asarray(which, jnp.int32)
+    if m <= _PAIRWISE_MAX_ATTEMPTS:
+        rank = None
+    else:
+        # Sorted by row, a row's attempts are contiguous. The targets and uniforms are
+        # independent of the rows and identically distributed, so they stay in place.
+        rows, order = _stable_sort(rows, n_pre)
+        source_of = source_of[order]
+        rank = _ranks_in_sorted_groups(rows)
+    targets = _distinct_targets(seeds, 3 * m, rows, targets, n, rank)
+    return _Attempts(rows, targets, uniform, source_of)
+
+
+def _decide(rows, targets, uniform, source_of, connected, p_elim, sources, side: int):
+    """Each attempt's decision, given whether its candidate is connected and its elimination
+    probability: ``(eliminate, form, hist_index)``, ``[m]`` each. A connected candidate is
+    eliminated with ``p_elim``; an unconnected one forms with the source's distance kernel
+    ``p_peak exp(-d^2 / (2 sigma^2))`` (0 for an autapse where the source excludes them).
+    ``hist_index`` is the attempt's (source, unit distance bin) in a flat histogram."""
+    start = np.array([source.start for source in sources], np.int32)
+    p_peak = np.array([source.p_peak for source in sources], np.float32)
+    two_sigma2 = np.array([2 * source.sigma**2 for source in sources], np.float32)
+    autapses = np.array([source.autapses for source in sources], bool)
+    eliminate = connected & (uniform < p_elim)
+    position = rows - jnp.asarray(start)[source_of]
+    d2 = _torus_d2(position, targets, side)
+    p_form = jnp.asarray(p_peak)[source_of] * jnp.exp(-d2 / jnp.asarray(two_sigma2)[source_of])
+    p_form = jnp.where(~jnp.asarray(autapses)[source_of] & (targets == position), 0.0, p_form)
+    form = ~connected & (uniform < p_form)
+    bins = _distance_bins(side)
+    hist_index = source_of * bins + jnp.minimum(jnp.sqrt(d2).astype(jnp.int32), bins - 1)
+    return eliminate, form, hist_index
+
+
 def _bamford_rewire(
     conn,
     key,
@@ -455,29 +512,7 @@ def _bamford_rewire(
     if isinstance(max_changes, bool) or not isinstance(max_changes, int) or max_changes < 1:
         raise ValueError(f"bamford_rewire: max_changes: expected an int >= 1, got {max_changes!r}")
     m = sum(source.attempts for source in sources)
-    which = np.repeat(np.arange(len(sources)), [source.attempts for source in sources])
-    start = np.array([source.start for source in sources], np.int32)
-    p_peak = np.array([source.p_peak for source in sources], np.float32)
-    two_sigma2 = np.array([2 * source.sigma**2 for source in sources], np.float32)
-    autapses = np.array([source.autapses for source in sources], bool)
-
-    # All the randomness of the update: rows and targets by a modulo (bias below
-    # n / 2^32 <= 3e-6) and the uniforms from one counter-based hash.
-    seeds = jr.bits(key, (2,), jnp.uint32)
-    bits = _hash(jnp.arange(3 * m, dtype=jnp.uint32), seeds)
-    rows = jnp.asarray(start[which]) + (bits[:m] % jnp.uint32(n)).astype(jnp.int32)
-    targets = (bits[m : 2 * m] % jnp.uint32(n)).astype(jnp.int32)
-    uniform = _uniform(bits[2 * m :])
-    source_of = jnp.asarray(which, jnp.int32)
-    if m <= _PAIRWISE_MAX_ATTEMPTS:
-        rank = None
-    else:
-        # Sorted by row, a row's attempts are contiguous. The targets and uniforms are
-        # independent of the rows and identically distributed, so they stay in place.
-        rows, order = _stable_sort(rows, conn.n_pre)
-        source_of = source_of[order]
-        rank = _ranks_in_sorted_groups(rows)
-    targets = _distinct_targets(seeds, 3 * m, rows, targets, n, rank)
+    rows, targets, uniform, source_of = _draw_attempts(key, sources, n, conn.n_pre)
 
     # Every attempt against its row: is the candidate connected, and with which weight?
     # The slot is the smallest matching lane (a row holds a target at most once): a min
@@ -489,14 +524,10 @@ def _bamford_rewire(
     slot = jnp.minimum(slot, cap - 1)
     weight = conn.weight.reshape(-1)[rows * cap + slot]
     p_elim = jnp.where(weight < weight_threshold, p_elim_depressed, p_elim_potentiated)
-    eliminate = connected & (uniform < p_elim)
-    position = rows - jnp.asarray(start)[source_of]
-    d2 = _torus_d2(position, targets, side)
-    p_form = jnp.asarray(p_peak)[source_of] * jnp.exp(-d2 / jnp.asarray(two_sigma2)[source_of])
-    p_form = jnp.where(~jnp.asarray(autapses)[source_of] & (targets == position), 0.0, p_form)
-    form = ~connected & (uniform < p_form)
+    eliminate, form, hist_index = _decide(
+        rows, targets, uniform, source_of, connected, p_elim, sources, side
+    )
     bins = _distance_bins(side)
-    hist_index = source_of * bins + jnp.minimum(jnp.sqrt(d2).astype(jnp.int32), bins - 1)
     hist_size = len(sources) * bins
 
     def histogram(hist, index, counted):

@@ -48,20 +48,16 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from .._connectivity import ColumnView, RaggedConnectivity
 from .._custom_types import Array, Float, Int, PRNGKeyArray
 from .._neurons import ConductanceLIFState
-from .._structural import _add, _remove_slots, _stable_sort
+from .._structural import _add, _remove_slots
 from ..models._topographic import (
-    _PAIRWISE_MAX_ATTEMPTS,
     ChunkRecord,
     RewiringCounts,
     TopographicMap,
     TopographicState,
+    _decide,
     _distance_bins,
-    _distinct_targets,
+    _draw_attempts,
     _earlier_same,
-    _hash,
-    _ranks_in_sorted_groups,
-    _torus_d2,
-    _uniform,
 )
 from ..plasticity.stdp import (
     _after_first_blocks,
@@ -600,26 +596,8 @@ def _rewire(
     n, side, sources = model.n, model.side, model.sources
     local = conn.n_post
     m = sum(source.attempts for source in sources)
-    which = np.repeat(np.arange(len(sources)), [source.attempts for source in sources])
-    start = np.array([source.start for source in sources], np.int32)
-    p_peak = np.array([source.p_peak for source in sources], np.float32)
-    two_sigma2 = np.array([2 * source.sigma**2 for source in sources], np.float32)
-    autapses = np.array([source.autapses for source in sources], bool)
-
-    # The attempts, drawn exactly as bamford_rewire draws them (every device draws all).
-    seeds = jr.bits(key, (2,), jnp.uint32)
-    bits = _hash(jnp.arange(3 * m, dtype=jnp.uint32), seeds)
-    rows = jnp.asarray(start[which]) + (bits[:m] % jnp.uint32(n)).astype(jnp.int32)
-    targets = (bits[m : 2 * m] % jnp.uint32(n)).astype(jnp.int32)
-    uniform = _uniform(bits[2 * m :])
-    source_of = jnp.asarray(which, jnp.int32)
-    if m <= _PAIRWISE_MAX_ATTEMPTS:
-        rank = None
-    else:
-        rows, order = _stable_sort(rows, conn.n_pre)
-        source_of = source_of[order]
-        rank = _ranks_in_sorted_groups(rows)
-    targets = _distinct_targets(seeds, 3 * m, rows, targets, n, rank)
+    # The attempts, drawn as bamford_rewire draws them (every device draws all).
+    rows, targets, uniform, source_of = _draw_attempts(key, sources, n, conn.n_pre)
 
     # The owner of each candidate looks it up in its row; one psum shares the result.
     cap = conn.capacity
@@ -635,14 +613,10 @@ def _rewire(
 
     p_elim = jnp.where(weight < model.weight_threshold, model.p_elim_depressed,
                        model.p_elim_potentiated)  # fmt: skip
-    eliminate = connected & (uniform < p_elim)
-    position = rows - jnp.asarray(start)[source_of]
-    d2 = _torus_d2(position, targets, side)
-    p_form = jnp.asarray(p_peak)[source_of] * jnp.exp(-d2 / jnp.asarray(two_sigma2)[source_of])
-    p_form = jnp.where(~jnp.asarray(autapses)[source_of] & (targets == position), 0.0, p_form)
-    form = ~connected & (uniform < p_form)
+    eliminate, form, hist_index = _decide(
+        rows, targets, uniform, source_of, connected, p_elim, sources, side
+    )
     bins = _distance_bins(side)
-    hist_index = source_of * bins + jnp.minimum(jnp.sqrt(d2).astype(jnp.int32), bins - 1)
     hist_size = len(sources) * bins
 
     # Eliminations: each device removes those it owns, in blocks of the first few.
