@@ -254,6 +254,92 @@ def test_greedy_acceptance_in_order_under_contention():
     np.testing.assert_array_equal(np.sort(np.asarray(new.post[0])), [1, 2])
 
 
+@pytest.mark.parametrize("with_column", [True, False])
+def test_many_proposals_per_row_match_edge_model(with_column):
+    # Rows with more proposals than the pairwise window (repeats found by a sort), and rows
+    # with few (found pairwise), in one call; repeated, existing and out-of-range targets.
+    conn = _initial(3, with_column)
+    model = EdgeModel(conn)
+    rng = np.random.default_rng(7)
+    rows = np.concatenate([np.zeros(30), np.full(12, 4), rng.integers(0, N_PRE, 20)])
+    rows = rng.permutation(rows).astype(np.int32)
+    targets = rng.integers(0, N_POST + 2, size=rows.size).astype(np.int32)
+    weights = rng.uniform(0.1, 1.0, size=rows.size).astype(np.float32)
+    new, info = _add_jit(conn, rows, targets, {"weight": jnp.asarray(weights)})
+    counts = model.add(rows, targets, weights)
+    assert (int(info.added), int(info.refused_duplicate)) == (counts["added"], counts["dup"])
+    assert int(info.refused_row_full) == counts["row"]
+    assert int(info.refused_column_full) == counts["col"]
+    assert int(info.refused_out_of_range) == counts["oor"]
+    new = _recheck(new)
+    np.testing.assert_array_equal(np.asarray(new.to_dense()), model.dense())
+    if with_column:
+        _assert_column_equals_rebuild(new)
+
+
+def test_add_nothing():
+    conn = _initial(0)
+    new, info = jp.add_synapses(conn, jnp.zeros(0, jnp.int32), jnp.zeros(0, jnp.int32))
+    assert int(info.added) == 0 and int(info.refused) == 0
+    np.testing.assert_array_equal(np.asarray(new.post), np.asarray(conn.post))
+
+
+def test_update_rows_in_several_chunks_equals_one_add():
+    # 300 rows x 8 real proposals: more than one chunk of compacted proposals. Columns are
+    # tight, so later chunks meet columns filled by earlier ones. The result must be that of
+    # removing the flagged synapses and adding all proposals at once, bit for bit.
+    n_pre, n_post, width = 300, 40, 8
+    conn = jp.fixed_probability(
+        jr.key(0), n_pre, n_post, 0.1, capacity=12, weight=0.3, column_capacity=80
+    )
+    base = grow_random(width, 0.9, 0.25)
+
+    def rule(row, pre, post, key):
+        update = base(row, pre, post, key)
+        remove = row.alive & (jr.uniform(jr.fold_in(key, 1), row.alive.shape) < 0.2)
+        bad = jnp.where(jnp.arange(width) == 0, -3, update.add_post)  # one out of range
+        add_post = jnp.where(row.index % 7 == 0, bad, update.add_post)
+        return jp.RowUpdate(remove, add_post, update.add_values)
+
+    key = jr.key(5)
+    new, info = jax.jit(lambda c: jp.update_rows(c, rule, key))(conn)
+    updates = jax.vmap(
+        lambda i, p: rule(
+            jp.RowView(i, p, p != n_post, {"weight": conn.weight[i]}, n_post),
+            None,
+            None,
+            jr.fold_in(key, i),
+        )
+    )(jnp.arange(n_pre, dtype=conn.post.dtype), conn.post)
+    ref, removed = jp.remove_synapses(conn, updates.remove)
+    ref, added = jp.add_synapses(
+        ref,
+        jnp.repeat(jnp.arange(n_pre, dtype=jnp.int32), width),
+        updates.add_post.reshape(-1),
+        {"weight": updates.add_values["weight"].reshape(-1)},
+    )
+    assert int(added.added) > 1024  # several chunks were needed
+    assert int(added.refused_column_full) > 0 and int(added.refused_out_of_range) > 0
+    for a, b in zip(jax.tree.leaves(new), jax.tree.leaves(ref), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    expected = added._replace(changed=added.changed | removed.changed, removed=removed.removed)
+    for a, b in zip(info, expected, strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+@pytest.mark.parametrize("size", [0, 1, 31, 32, 33, 1000, 130559, 130560, 130561, 1_000_003])
+def test_counts_and_prefix_sums_of_masks(size):
+    from jaxplastic._structural import _count, _cumsum
+
+    x = np.random.default_rng(size).random(size) < 0.4
+    assert int(jax.jit(_count)(jnp.asarray(x))) == int(x.sum())
+    assert int(_count(jnp.ones((size,), bool))) == size
+    if size <= 200_000:
+        np.testing.assert_array_equal(np.asarray(jax.jit(_cumsum)(jnp.asarray(x))), np.cumsum(x))
+    batch = np.random.default_rng(1).random((3, size)) < 0.5
+    np.testing.assert_array_equal(np.asarray(jax.vmap(_count)(jnp.asarray(batch))), batch.sum(1))
+
+
 def test_add_values_and_unknown_names():
     conn = jp.from_edges(
         [0], [1], n_pre=2, n_post=3, variables={"trace": np.array([0.5], np.float32)}
