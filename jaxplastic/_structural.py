@@ -444,10 +444,7 @@ def _repeated_in_rows(
         then_target, then = _stable_sort(sorted_target, n_post)
         start, cand = by_row.start[then], sorted_candidate[then]
         same = (
-            (start[1:] == start[:-1])
-            & (then_target[1:] == then_target[:-1])
-            & cand[1:]
-            & cand[:-1]
+            (start[1:] == start[:-1]) & (then_target[1:] == then_target[:-1]) & cand[1:] & cand[:-1]
         )
         return jnp.zeros(k, bool).at[then[1:]].set(same, unique_indices=True)
 
@@ -679,14 +676,10 @@ def _add_row_blocks(
         place = jnp.where(real & (chunk == c), position, skip)
 
         def compact(x, fill):
-            return jnp.full(size, fill, x.dtype).at[place].set(
-                x, mode="drop", unique_indices=True
-            )
+            return jnp.full(size, fill, x.dtype).at[place].set(x, mode="drop", unique_indices=True)
 
         chunk_values = {name: compact(v, 0) for name, v in flat_values.items()}
-        conn, added, _ = _add(
-            conn, compact(rows, 0), compact(flat_targets, n_post), chunk_values
-        )
+        conn, added, _ = _add(conn, compact(rows, 0), compact(flat_targets, n_post), chunk_values)
         return c + 1, conn, info.merge(added)
 
     z = _zero_count()
