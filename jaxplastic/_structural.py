@@ -401,6 +401,13 @@ def _group_by(key: Int[Array, " k"], num_keys: int) -> _Groups:
     return _Groups(order, inverse, start)
 
 
+def _sorted_groups(key: Int[Array, " k"]) -> _Groups:
+    """The groups of a ``key`` that is already sorted: no sort, no permutation."""
+    index = jnp.arange(key.shape[0], dtype=jnp.int32)
+    is_start = jnp.concatenate([index[:1] == 0, key[1:] != key[:-1]])
+    return _Groups(None, None, lax.cummax(jnp.where(is_start, index, 0), axis=0))
+
+
 def _rank_in_group(groups: _Groups, include: Bool[Array, " k"]) -> Int[Array, " k"]:
     """For each proposal, how many included proposals of the same group come before it."""
     inc = (include if groups.order is None else include[groups.order]).astype(jnp.int32)
@@ -425,9 +432,10 @@ def _repeated_in_rows(
     """
     k = targets.shape[0]
     index = jnp.arange(k, dtype=jnp.int32)
-    order = by_row.order
+    order = index if by_row.order is None else by_row.order
     sorted_target, sorted_candidate = targets[order], candidate[order]
-    longest = jnp.max(index - by_row.start, initial=0)  # proposals of the busiest row, minus 1
+    # How far back the earliest candidate of its row lies, at most.
+    longest = jnp.max(jnp.where(sorted_candidate, index - by_row.start, 0), initial=0)
 
     def by_window(_):
         repeat = jnp.zeros(k, bool)
@@ -449,7 +457,7 @@ def _repeated_in_rows(
         return jnp.zeros(k, bool).at[then[1:]].set(same, unique_indices=True)
 
     repeat_sorted = lax.cond(longest <= _WINDOW, by_window, by_sort, None)
-    return repeat_sorted[by_row.inverse]
+    return repeat_sorted if by_row.inverse is None else repeat_sorted[by_row.inverse]
 
 
 def _free_words(
@@ -529,8 +537,13 @@ def _add(
     rows: Int[Array, " k"],
     targets: Int[Array, " k"],
     values: dict[str, Shaped[ArrayLike, " k"]],
+    rows_sorted: bool = False,
 ) -> tuple[RaggedConnectivity, RewireInfo, Bool[Array, " k"]]:
-    """:func:`add_synapses` on checked inputs; also returns which proposals were placed."""
+    """:func:`add_synapses` on checked inputs; also returns which proposals were placed.
+
+    ``rows_sorted`` promises that ``rows`` is non-decreasing and in range: the proposals are
+    then already grouped by row, and the sort by row is skipped.
+    """
     n_pre, cap, n_post = conn.n_pre, conn.capacity, conn.n_post
     k = rows.shape[0]
     rows = rows.astype(conn.post.dtype)
@@ -544,7 +557,7 @@ def _add(
     candidate = proposed & in_range
     exists = jnp.any(conn.post[safe_rows] == safe_targets[:, None], axis=1)
     row_free = _free_words(conn.post, safe_rows, n_post)  # [k, ceil(cap / 32)]
-    by_row = _group_by(safe_rows, n_pre)
+    by_row = _sorted_groups(safe_rows) if rows_sorted else _group_by(safe_rows, n_pre)
     repeated = _repeated_in_rows(by_row, safe_targets, candidate, n_post)
     duplicate = candidate & (exists | repeated)
     candidate = candidate & ~duplicate
@@ -636,8 +649,10 @@ def _add_row_blocks(
     row_index: Int[Array, " m"],
     targets: Int[Array, "m width"],
     values: Mapping[str, Shaped[ArrayLike, "m width"]],
+    rows_sorted: bool,
 ) -> tuple[RaggedConnectivity, RewireInfo]:
-    """:func:`add_synapses` of ``width`` proposals for each of the distinct rows ``row_index``.
+    """:func:`add_synapses` of ``width`` proposals for each of the distinct rows ``row_index``
+    (increasing when ``rows_sorted``).
 
     A rule proposes a fixed number per row, mostly "none" (``n_post``). The real proposals
     are compacted, in order, into chunks of whole rows of at most ``size`` proposals, and
@@ -679,7 +694,12 @@ def _add_row_blocks(
             return jnp.full(size, fill, x.dtype).at[place].set(x, mode="drop", unique_indices=True)
 
         chunk_values = {name: compact(v, 0) for name, v in flat_values.items()}
-        conn, added, _ = _add(conn, compact(rows, 0), compact(flat_targets, n_post), chunk_values)
+        chunk_rows = compact(rows, 0)
+        if rows_sorted:  # the empty places before and after the chunk's rows keep them sorted
+            chunk_rows = lax.cummax(chunk_rows, axis=0)
+        conn, added, _ = _add(
+            conn, chunk_rows, compact(flat_targets, n_post), chunk_values, rows_sorted
+        )
         return c + 1, conn, info.merge(added)
 
     z = _zero_count()
@@ -831,7 +851,7 @@ def update_rows(
         add_post.reshape(-1),
         {name: jnp.reshape(v, -1) for name, v in add_values.items()},
     )
-    conn, added = _add_row_blocks(conn, row_index, add_post, add_values)
+    conn, added = _add_row_blocks(conn, row_index, add_post, add_values, rows is None)
     info = added._replace(changed=added.changed | removed_mask, removed=_count(removed_mask))
     return conn, info
 
