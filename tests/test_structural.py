@@ -485,3 +485,24 @@ def test_step_rewire_step_compiles_once():
         conn, current, info = step(conn, sub)
     assert current.shape == (50,)
     _assert_column_equals_rebuild(_recheck(conn))
+
+
+@pytest.mark.parametrize("width", [1, 3, 4, 5, 31, 32, 33, 100, 160, 512, 513, 1000])
+def test_packed_bits_and_nth_bit_match_numpy(width):
+    from jaxplastic._structural import _count_bits, _nth_bit, _pack_bits
+
+    mask = np.random.default_rng(width).random((37, width)) < 0.3
+    words = np.asarray(jax.jit(_pack_bits)(jnp.asarray(mask))).astype(np.uint64)
+    expected = np.zeros((37, -(-width // 32)), np.uint64)
+    for j in range(width):
+        expected[:, j // 32] |= mask[:, j].astype(np.uint64) << np.uint64(j % 32)
+    np.testing.assert_array_equal(words, expected)
+    np.testing.assert_array_equal(
+        np.asarray(_count_bits(jnp.asarray(words, jnp.uint32))), mask.sum(1)
+    )
+    # The (n+1)-th set bit of each row, and `width` past the last one.
+    n = np.random.default_rng(1).integers(0, mask.sum(1) + 2)
+    got = np.asarray(_nth_bit(jnp.asarray(words, jnp.uint32), jnp.asarray(n), width))
+    for row, (m, i) in enumerate(zip(mask, n, strict=True)):
+        on = np.flatnonzero(m)
+        assert got[row] == (on[i] if i < on.size else width)
