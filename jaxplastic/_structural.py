@@ -404,17 +404,29 @@ def _group_by(key: Int[Array, " k"], num_keys: int) -> _Groups:
     k = key.shape[0]
     index = jnp.arange(k, dtype=jnp.int32)
     sorted_key, order = _stable_sort(key, num_keys)
-    is_start = jnp.concatenate([index[:1] == 0, sorted_key[1:] != sorted_key[:-1]])
-    start = lax.cummax(jnp.where(is_start, index, 0), axis=0)
+    start = _group_starts(sorted_key)
     inverse = jnp.zeros(k, jnp.int32).at[order].set(index, unique_indices=True)
     return _Groups(order, inverse, start)
 
 
 def _sorted_groups(key: Int[Array, " k"]) -> _Groups:
     """The groups of a ``key`` that is already sorted: no sort, no permutation."""
-    index = jnp.arange(key.shape[0], dtype=jnp.int32)
-    is_start = jnp.concatenate([index[:1] == 0, key[1:] != key[:-1]])
-    return _Groups(None, None, lax.cummax(jnp.where(is_start, index, 0), axis=0))
+    return _Groups(None, None, _group_starts(key))
+
+
+def _group_starts(sorted_key: Int[Array, " k"]) -> Int[Array, " k"]:
+    """For each position of a sorted key, where its run of equal keys starts.
+
+    Runs are numbered by a prefix sum and each run's start is scattered to its number: a
+    few cheap operations, where a running maximum of the starts is a reduce-window on CPU.
+    """
+    k = sorted_key.shape[0]
+    index = jnp.arange(k, dtype=jnp.int32)
+    is_start = jnp.concatenate([index[:1] == 0, sorted_key[1:] != sorted_key[:-1]])
+    run = _cumsum(is_start) - 1
+    at = jnp.where(is_start, run, k + index)  # one writer per run; the rest out of bounds
+    starts = jnp.zeros(k, jnp.int32).at[at].set(index, mode="drop", unique_indices=True)
+    return starts[run]
 
 
 def _rank_in_group(groups: _Groups, include: Bool[Array, " k"]) -> Int[Array, " k"]:
