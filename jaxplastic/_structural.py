@@ -600,17 +600,22 @@ def _add(
         accepted, row_full, col_full = state
         return jnp.any(candidate & ~accepted & ~row_full & ~col_full)
 
+    # In the first round nothing is accepted yet: the upper ranks are ranks among all
+    # candidates, and the lower ranks are all zero.
+    first_row_rank = _rank_in_group(by_row, candidate)
+    first_col_rank = None if column is None else _rank_in_group(by_target, candidate)
+
     def round_(state, first=False):
         accepted, row_full, col_full = state
         open_ = candidate & ~accepted & ~row_full & ~col_full
         upper = accepted | open_
-        # In the first round nothing is accepted yet, so the lower ranks are all zero.
-        row_fits = _rank_in_group(by_row, upper) < room_row
+        row_fits = (first_row_rank if first else _rank_in_group(by_row, upper)) < room_row
         row_over = room_row <= (0 if first else _rank_in_group(by_row, accepted))
         if column is None:
             col_fits, col_over = True, False
         else:
-            col_fits = _rank_in_group(by_target, upper) < room_col
+            col_rank = first_col_rank if first else _rank_in_group(by_target, upper)
+            col_fits = col_rank < room_col
             col_over = room_col <= (0 if first else _rank_in_group(by_target, accepted))
         accept = open_ & row_fits & col_fits
         refuse_r = open_ & ~accept & row_over
@@ -623,7 +628,20 @@ def _add(
     first = round_((none, none, none), first=True)
     accepted, row_full, col_full = lax.while_loop(undecided, round_, first)
 
-    slot = _nth_bit(row_free, _rank_in_group(by_row, accepted), cap)
+    # Nothing refused (the usual case): every candidate was accepted, and the ranks among the
+    # accepted are the first round's ranks among the candidates.
+    def final_ranks(_):
+        row_rank = _rank_in_group(by_row, accepted)
+        return row_rank, row_rank if column is None else _rank_in_group(by_target, accepted)
+
+    refused = jnp.any(row_full | col_full)
+    row_rank, col_rank = lax.cond(
+        refused,
+        final_ranks,
+        lambda _: (first_row_rank, first_row_rank if column is None else first_col_rank),
+        None,
+    )
+    slot = _nth_bit(row_free, row_rank, cap)
     # Accepted proposals fill distinct slots and distinct column positions. The others are
     # sent to distinct out-of-bounds rows (dropped), so that every index of the scatters below
     # is unique: XLA then writes them in parallel, about three times faster on a CPU.
@@ -639,7 +657,7 @@ def _add(
         synapses[name] = v.at[write_rows, slot].set(new, **scatter)
     changed = jnp.zeros(conn.post.shape, bool).at[write_rows, slot].set(True, **scatter)
     if column is not None:
-        pos = _nth_bit(col_free, _rank_in_group(by_target, accepted), column.column_capacity)
+        pos = _nth_bit(col_free, col_rank, column.column_capacity)
         flat = safe_rows * cap + slot.astype(index_dtype)
         write_cols = jnp.where(accepted, safe_targets, n_post + skip)
         pre_slot = column.pre_slot.at[write_cols, pos].set(
