@@ -275,6 +275,20 @@ def test_many_proposals_per_row_match_edge_model(with_column):
     np.testing.assert_array_equal(np.asarray(new.to_dense()), model.dense())
     if with_column:
         _assert_column_equals_rebuild(new)
+    # Under vmap (where both ways of finding repeats run), one member with many proposals
+    # per row and one with few: each the same as alone.
+    few = rng.permutation(rows.size).astype(np.int32) % N_PRE
+    stacked = jax.tree.map(lambda x: jnp.stack([x, x]), conn)
+    batched, _ = jax.vmap(jp.add_synapses)(
+        stacked,
+        jnp.stack([rows, few]),
+        jnp.stack([targets, targets]),
+        {"weight": jnp.stack([weights, weights])},
+    )
+    alone, _ = _add_jit(conn, few, targets, {"weight": jnp.asarray(weights)})
+    for member, ref in ((0, new), (1, alone)):
+        for a, b in zip(jax.tree.leaves(batched), jax.tree.leaves(ref), strict=True):
+            np.testing.assert_array_equal(np.asarray(a[member]), np.asarray(b))
 
 
 def test_add_nothing():
