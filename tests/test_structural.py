@@ -341,7 +341,7 @@ def test_update_rows_in_several_chunks_equals_one_add():
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
-@pytest.mark.parametrize("size", [0, 1, 31, 32, 33, 1000, 130559, 130560, 130561, 1_000_003])
+@pytest.mark.parametrize("size", [0, 1, 31, 32, 33, 1000, 32639, 32640, 32641, 130561, 1_000_003])
 def test_counts_and_prefix_sums_of_masks(size):
     from jaxplastic._structural import _count, _cumsum
 
