@@ -681,6 +681,122 @@ class _Spikes(NamedTuple):
 PHASES = frozenset({"input", "neurons", "delivery", "stdp", "rewiring", "index"})
 
 
+def _deliver_and_learn(
+    model: TopographicMap,
+    k: Int[Array, ""],
+    spikes: tuple[tuple, tuple, tuple],
+    afferent: RaggedConnectivity,
+    g: Float[Array, " targets"],
+    carry: Any,
+    rate_dt: Float[Array, " inputs"],
+    seeds: Array,
+    *,
+    stdp: Any,
+    deliver: bool,
+    draw_inputs: bool,
+    n_post: int,
+    heads: tuple[int, int] | None,
+    axis_name: str | None,
+    to_local: Callable[[Int[Array, " b"]], Int[Array, " b"]] = lambda index: index,
+) -> tuple[Array, ...]:
+    """Delivery, STDP and bookkeeping of step ``k``'s spikes, visiting the spiking neurons
+    only: the part of a step that the one-device map and the sharded one share.
+
+    ``spikes = (masks, firsts, counts)`` of the inputs and the targets (global indices, as
+    :func:`compact_spikes` gives them). ``afferent`` holds the targets this call owns
+    (``n_post`` of them), and ``to_local`` maps global target and input indices to its own
+    (a sentinel elsewhere); ``carry`` provides the traces and the input bookkeeping in the
+    same local indexing. ``heads`` (or None) processes the first blocks in two parts
+    (:func:`_in_two_parts`). Delivery adds into ``g``, the conductances the next neuron update
+    sees; then every spiking row is depressed before any potentiation, and the traces take
+    this step's spikes while the spiking inputs draw their next spike. Returns the new
+    weight, ``g``, pre and post traces, next input spikes and spike counts.
+    """
+    n = model.n
+    masks, firsts, counts = spikes
+
+    def rows(blocks):  # afferent rows of the spiking inputs and targets (sentinel 2n)
+        inputs, targets = blocks
+        return jnp.concatenate(
+            [jnp.where(inputs < n, inputs, 2 * n), jnp.where(targets < n, targets + n, 2 * n)]
+        )
+
+    def first_blocks(process, state, firsts, counts, heads):
+        if heads is None:
+            return process(firsts, state)
+        return _in_two_parts(firsts, counts, heads, process, state, axis_name)
+
+    if stdp is not None:
+        scale_x, scale_y = model._trace_scale(k)
+        bounds = dict(w_min=stdp.w_min, w_max=stdp.w_max)
+        a_minus = stdp.a_minus * scale_y
+    else:
+        a_minus, bounds = None, dict(w_min=0.0, w_max=0.0)
+    post, weight = afferent.post, afferent.weight
+
+    # Delivery into the conductances (seen by the next step's neuron update), then
+    # depression: every spiking row, before any potentiation. Without STDP the weights
+    # stay out of the loop's carry: a loop that passes an array through unchanged makes
+    # XLA copy it (and the connectivity with it) before the next in-place update.
+    def depress(blocks, state):
+        weight_in, g = state if stdp is not None else (weight, state)
+        weight_out, delivered = _depress_block(
+            post,
+            weight_in,
+            rows(blocks),
+            carry.post_trace,
+            a_minus,
+            delivered=g if deliver else None,
+            n_post=n_post,
+            **bounds,
+        )
+        g = g if delivered is None else delivered
+        return (weight_out, g) if stdp is not None else g
+
+    if stdp is not None:
+        state = first_blocks(depress, (weight, g), firsts, counts, heads)
+        weight, g = _after_first_blocks(masks, firsts, counts, depress, state, axis_name)
+    elif deliver:
+        g = first_blocks(depress, g, firsts, counts, heads)
+        g = _after_first_blocks(masks, firsts, counts, depress, g, axis_name)
+    pre_trace, post_trace = carry.pre_trace, carry.post_trace
+    if stdp is not None:
+        pre_slot = afferent.column.pre_slot
+        a_plus = stdp.a_plus * scale_x
+
+        def potentiate(blocks, weight):
+            columns = to_local(blocks[0])
+            return _potentiate_block(weight, pre_slot, columns, pre_trace, a_plus, **bounds)
+
+        target = (masks[1],), (firsts[1],), (counts[1],)
+        weight = first_blocks(
+            potentiate, weight, target[1], target[2], None if heads is None else heads[1:]
+        )
+        weight = _after_first_blocks(*target, potentiate, weight, axis_name)
+        grow_x, grow_y = 1.0 / scale_x, 1.0 / scale_y
+
+    # The traces take this step's spikes; the spiking inputs draw their next spike.
+    def bookkeeping(blocks, state):
+        pre_trace, post_trace, input_next, input_count, target_count = state
+        inputs, targets = blocks
+        mine_in, mine_tgt = to_local(inputs), to_local(targets)
+        if stdp is not None:
+            pre_trace = pre_trace.at[rows(blocks)].add(grow_x, mode="drop")
+            post_trace = post_trace.at[mine_tgt].add(grow_y, mode="drop")
+        if draw_inputs:
+            r = rate_dt.at[mine_in].get(mode="fill", fill_value=0)
+            later = model._next_input_spike(seeds, r, k, inputs)
+            input_next = input_next.at[mine_in].set(later, mode="drop")
+        input_count = input_count.at[mine_in].add(1, mode="drop")
+        target_count = target_count.at[mine_tgt].add(1, mode="drop")
+        return pre_trace, post_trace, input_next, input_count, target_count
+
+    state = (pre_trace, post_trace, carry.input_next, carry.input_count, carry.target_count)
+    state = bookkeeping(firsts, state)
+    state = _after_first_blocks(masks, firsts, counts, bookkeeping, state, axis_name)
+    return weight, g, *state
+
+
 class TopographicMap(eqx.Module):
     """The topographic-map model of Bamford et al. (2010) as run by GeNN, at any scale.
 
@@ -1006,85 +1122,26 @@ class TopographicMap(eqx.Module):
         firsts = (in_events, target_events)
         counts = (in_count, target_count)
 
-        def rows(blocks):  # afferent rows of the spiking inputs and targets (sentinel 2n)
-            inputs, targets = blocks
-            return jnp.concatenate(
-                [jnp.where(inputs < n, inputs, 2 * n), jnp.where(targets < n, targets + n, 2 * n)]
-            )
-
         aff = carry.afferent
-        stdp = self.stdp if "stdp" in phases else None
-        if stdp is not None:
-            scale_x, scale_y = self._trace_scale(k)
-            bounds = dict(w_min=stdp.w_min, w_max=stdp.w_max)
-            a_minus = stdp.a_minus * scale_y
-        else:
-            a_minus, bounds = None, dict(w_min=0.0, w_max=0.0)
-        post, weight, g = aff.post, aff.weight, neurons.g
-        deliver = "delivery" in phases
-
-        # Delivery into the conductances (seen by the next step's neuron update), then
-        # depression: every spiking row, before any potentiation. Without STDP the weights
-        # stay out of the loop's carry: a loop that passes an array through unchanged makes
-        # XLA copy it (and the connectivity with it) before the next in-place update.
-        def depress(blocks, state):
-            weight_in, g = state if stdp is not None else (weight, state)
-            weight_out, delivered = _depress_block(
-                post,
-                weight_in,
-                rows(blocks),
-                carry.post_trace,
-                a_minus,
-                delivered=g if deliver else None,
+        weight, g, pre_trace, post_trace, input_next, input_count, target_count = (
+            _deliver_and_learn(
+                self,
+                k,
+                (masks, firsts, counts),
+                aff,
+                neurons.g,
+                carry,
+                rate_dt,
+                seeds,
+                stdp=self.stdp if "stdp" in phases else None,
+                deliver="delivery" in phases,
+                draw_inputs="input" in phases,
                 n_post=n,
-                **bounds,
+                heads=self.spike_heads,
+                axis_name=axis_name,
             )
-            g = g if delivered is None else delivered
-            return (weight_out, g) if stdp is not None else g
-
-        heads = self.spike_heads
-        if stdp is not None:
-            state = _in_two_parts(firsts, counts, heads, depress, (weight, g), axis_name)
-            weight, g = _after_first_blocks(masks, firsts, counts, depress, state, axis_name)
-        elif deliver:
-            g = _in_two_parts(firsts, counts, heads, depress, g, axis_name)
-            g = _after_first_blocks(masks, firsts, counts, depress, g, axis_name)
+        )
         neurons = neurons._replace(g=g)
-        pre_trace, post_trace = carry.pre_trace, carry.post_trace
-        if stdp is not None:
-            pre_slot = aff.column.pre_slot
-            a_plus = stdp.a_plus * scale_x
-
-            def potentiate(blocks, weight):
-                return _potentiate_block(weight, pre_slot, blocks[0], pre_trace, a_plus, **bounds)
-
-            weight = _in_two_parts(
-                (target_events,), (target_count,), heads[1:], potentiate, weight, axis_name
-            )
-            weight = _after_first_blocks(
-                (target,), (target_events,), (target_count,), potentiate, weight, axis_name
-            )
-            grow_x, grow_y = 1.0 / scale_x, 1.0 / scale_y
-
-        # The traces take this step's spikes; the spiking inputs draw their next spike.
-        def bookkeeping(blocks, state):
-            pre_trace, post_trace, input_next, input_count, target_count = state
-            inputs, targets = blocks
-            if stdp is not None:
-                pre_trace = pre_trace.at[rows(blocks)].add(grow_x, mode="drop")
-                post_trace = post_trace.at[targets].add(grow_y, mode="drop")
-            if "input" in phases:
-                r = rate_dt.at[inputs].get(mode="fill", fill_value=0)
-                later = self._next_input_spike(seeds, r, k, inputs)
-                input_next = input_next.at[inputs].set(later, mode="drop")
-            input_count = input_count.at[inputs].add(1, mode="drop")
-            target_count = target_count.at[targets].add(1, mode="drop")
-            return pre_trace, post_trace, input_next, input_count, target_count
-
-        state = (pre_trace, post_trace, carry.input_next, carry.input_count, carry.target_count)
-        state = bookkeeping(firsts, state)
-        state = _after_first_blocks(masks, firsts, counts, bookkeeping, state, axis_name)
-        pre_trace, post_trace, input_next, input_count, target_count = state
         over = (in_count > self.input_block) | (counts[1] > self.spike_block)
         if replay is not None:
             over = over.astype(jnp.int32) + live

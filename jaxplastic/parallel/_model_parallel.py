@@ -55,14 +55,13 @@ from ..models._topographic import (
     TopographicMap,
     TopographicState,
     _decide,
+    _deliver_and_learn,
     _distance_bins,
     _draw_attempts,
     _earlier_same,
 )
 from ..plasticity.stdp import (
     _after_first_blocks,
-    _depress_block,
-    _potentiate_block,
     compact_spikes,
 )
 
@@ -489,71 +488,27 @@ def _step(model: TopographicMap, axis, local, offset, carry: _Carry, k, rate_dt,
     firsts = (in_events, target_events)
     counts = (num_in, num_target)
 
-    def rows(blocks):  # afferent rows of the spiking inputs and targets (sentinel 2n)
-        ins, tgts = blocks
-        return jnp.concatenate(
-            [jnp.where(ins < n, ins, 2 * n), jnp.where(tgts < n, tgts + n, 2 * n)]
-        )
-
-    conn = carry.conn
-    stdp = model.stdp
-    if stdp is not None:
-        scale_x, scale_y = model._trace_scale(k)
-        bounds = dict(w_min=stdp.w_min, w_max=stdp.w_max)
-        a_minus = stdp.a_minus * scale_y
-    else:
-        a_minus, bounds = None, dict(w_min=0.0, w_max=0.0)
-    post, weight, g = conn.post, conn.weight, neurons.g
-
-    def depress(blocks, state):
-        weight_in, g = state if stdp is not None else (weight, state)
-        weight_out, g = _depress_block(
-            post, weight_in, rows(blocks), carry.post_trace, a_minus, delivered=g,
-            n_post=local, **bounds,
-        )  # fmt: skip
-        return (weight_out, g) if stdp is not None else g
-
-    if stdp is not None:
-        weight, g = _after_first_blocks(
-            masks, firsts, counts, depress, depress(firsts, (weight, g))
-        )
-    else:
-        g = _after_first_blocks(masks, firsts, counts, depress, depress(firsts, g))
+    weight, g, pre_trace, post_trace, input_next, input_count, target_count = _deliver_and_learn(
+        model,
+        k,
+        (masks, firsts, counts),
+        carry.conn,
+        neurons.g,
+        carry,
+        rate_dt,
+        seeds,
+        stdp=model.stdp,
+        deliver=True,
+        draw_inputs=True,
+        n_post=local,
+        heads=None,
+        axis_name=None,
+        to_local=lambda index: _to_local(index, offset, local),
+    )
     neurons = neurons._replace(g=g)
-    pre_trace, post_trace = carry.pre_trace, carry.post_trace
-    if stdp is not None:
-        pre_slot = conn.column.pre_slot
-        a_plus = stdp.a_plus * scale_x
-
-        def potentiate(blocks, weight):
-            columns = _to_local(blocks[0], offset, local)
-            return _potentiate_block(weight, pre_slot, columns, pre_trace, a_plus, **bounds)
-
-        weight = potentiate((target_events,), weight)
-        weight = _after_first_blocks((target,), (target_events,), (num_target,), potentiate, weight)
-        grow_x, grow_y = 1.0 / scale_x, 1.0 / scale_y
-
-    def bookkeeping(blocks, state):
-        pre_trace, post_trace, input_next, input_count, target_count = state
-        ins, tgts = blocks
-        mine_in, mine_tgt = _to_local(ins, offset, local), _to_local(tgts, offset, local)
-        if stdp is not None:
-            pre_trace = pre_trace.at[rows(blocks)].add(grow_x, mode="drop")
-            post_trace = post_trace.at[mine_tgt].add(grow_y, mode="drop")
-        r = rate_dt.at[mine_in].get(mode="fill", fill_value=0)
-        later = model._next_input_spike(seeds, r, k, ins)
-        input_next = input_next.at[mine_in].set(later, mode="drop")
-        input_count = input_count.at[mine_in].add(1, mode="drop")
-        target_count = target_count.at[mine_tgt].add(1, mode="drop")
-        return pre_trace, post_trace, input_next, input_count, target_count
-
-    state = (pre_trace, post_trace, carry.input_next, carry.input_count, carry.target_count)
-    state = bookkeeping(firsts, state)
-    state = _after_first_blocks(masks, firsts, counts, bookkeeping, state)
-    pre_trace, post_trace, input_next, input_count, target_count = state
     over = (num_in > model.input_block) | (num_target > model.spike_block)
     return carry._replace(
-        conn=eqx.tree_at(lambda c: c.synapses["weight"], conn, weight),
+        conn=eqx.tree_at(lambda c: c.synapses["weight"], carry.conn, weight),
         neurons=neurons,
         pre_trace=pre_trace,
         post_trace=post_trace,
