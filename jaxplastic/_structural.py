@@ -69,8 +69,15 @@ class RewireInfo(NamedTuple):
     def merge(self, other: RewireInfo) -> RewireInfo:
         """Combines the records of two steps applied one after the other."""
         return RewireInfo(
-            self.changed | other.changed, *(a + b for a, b in zip(self[1:], other[1:], strict=True))
+            _or(self.changed, other.changed),
+            *(a + b for a, b in zip(self[1:], other[1:], strict=True)),
         )
+
+
+def _or(a: Bool[Array, "..."], b: Bool[Array, "..."]) -> Bool[Array, "..."]:
+    """``a | b``, computed on bytes: XLA's CPU code for a logical op between two boolean
+    arrays is about 3x slower than the same op on ``uint8`` (with the conversions)."""
+    return (a.astype(jnp.uint8) | b.astype(jnp.uint8)).astype(jnp.bool_)
 
 
 def _zero_count() -> Int[Array, ""]:
@@ -891,7 +898,7 @@ def update_rows(
         {name: jnp.reshape(v, -1) for name, v in add_values.items()},
     )
     conn, added = _add_row_blocks(conn, row_index, add_post, add_values, rows is None)
-    info = added._replace(changed=added.changed | removed_mask, removed=_count(removed_mask))
+    info = added._replace(changed=_or(added.changed, removed_mask), removed=_count(removed_mask))
     return conn, info
 
 
