@@ -716,6 +716,10 @@ def _add_row_blocks(
     in_range = (flat_targets >= 0) & (flat_targets < n_post)
     real = proposed & in_range
     out_of_range = _count(proposed & ~in_range)
+    z = _zero_count()
+    none = RewireInfo(jnp.zeros(conn.post.shape, bool), z, z, z, z, z, out_of_range)
+    if k == 0:  # a rule that proposes nothing
+        return conn, none
     # Static chunk size: an eighth of the proposals (at least a row's worth).
     size = max(width, min(k, max(_MIN_CHUNK, k // 8)))
     stride = size - width + 1  # rows starting within one stride fit in one chunk
@@ -748,8 +752,6 @@ def _add_row_blocks(
         )
         return c + 1, conn, info.merge(added)
 
-    z = _zero_count()
-    none = RewireInfo(jnp.zeros(conn.post.shape, bool), z, z, z, z, z, out_of_range)
     _, conn, info = lax.while_loop(
         lambda state: state[0] < n_chunks, one_chunk, (jnp.zeros((), jnp.int32), conn, none)
     )

@@ -409,6 +409,18 @@ def test_update_rows_grow_rule_and_pre_post_arguments():
     assert int(info.refused_duplicate) == int((np.asarray(eligible) & dense_before[:, 7]).sum())
 
 
+def test_update_rows_rule_that_proposes_nothing():
+    conn = jp.fixed_probability(jr.key(0), 30, 25, 0.2, capacity=12, weight=0.05)
+
+    def prune_only(row, pre, post, key):
+        weak = row.alive & (row.synapses["weight"] < 0.1)
+        return jp.RowUpdate(weak, jnp.zeros((0,), row.post.dtype))
+
+    new, info = jax.jit(lambda c: jp.update_rows(c, prune_only, jr.key(1)))(conn)
+    assert int(info.removed) == int(conn.num_synapses) > 0
+    assert int(info.added) == 0 and int(info.refused) == 0 and int(new.num_synapses) == 0
+
+
 def test_update_rows_bad_rule_output_and_pre_shape():
     conn = jp.fixed_probability(jr.key(0), 10, 10, 0.3, capacity=8)
 
