@@ -316,6 +316,22 @@ def _remove_slots(
     return RaggedConnectivity(post, synapses, column, n_post), removed
 
 
+def _check_index_lists(
+    rows: Int[ArrayLike, " k"], other: Int[ArrayLike, " k"], other_name: str
+) -> tuple[Int[Array, " k"], Int[Array, " k"]]:
+    """Checks that ``rows`` and ``other`` are 1-D integer arrays of equal length."""
+    rows, other = jnp.asarray(rows), jnp.asarray(other)
+    if rows.ndim != 1 or other.shape != rows.shape:
+        raise ValueError(
+            f"rows and {other_name}: expected 1-D arrays of equal length, got {rows.shape} and "
+            f"{other.shape}"
+        )
+    for name, arr in (("rows", rows), (other_name, other)):
+        if not jnp.issubdtype(arr.dtype, jnp.integer):
+            raise TypeError(f"{name}: expected an integer dtype, got {arr.dtype}")
+    return rows, other
+
+
 def remove_slots(
     conn: RaggedConnectivity,
     rows: Int[ArrayLike, " k"],
@@ -348,16 +364,7 @@ def remove_slots(
         >>> int(info.removed), int(conn.num_synapses)
         (2, 1)
     """
-    rows = jnp.asarray(rows)
-    slots = jnp.asarray(slots)
-    if rows.ndim != 1 or slots.shape != rows.shape:
-        raise ValueError(
-            f"rows and slots: expected 1-D arrays of equal length, got {rows.shape} and "
-            f"{slots.shape}"
-        )
-    for name, arr in (("rows", rows), ("slots", slots)):
-        if not jnp.issubdtype(arr.dtype, jnp.integer):
-            raise TypeError(f"{name}: expected an integer dtype, got {arr.dtype}")
+    rows, slots = _check_index_lists(rows, slots, "slots")
     if valid is None:
         valid = jnp.ones(rows.shape, bool)
     valid = jnp.asarray(valid)
@@ -537,16 +544,7 @@ def _check_proposals(
     values: Mapping[str, Shaped[ArrayLike, " k"]] | None,
 ) -> tuple[Int[Array, " k"], Int[Array, " k"], dict[str, Shaped[ArrayLike, " k"]]]:
     """Validates the proposals of :func:`add_synapses` (eagerly, on shapes and dtypes)."""
-    rows = jnp.asarray(rows)
-    targets = jnp.asarray(targets)
-    if rows.ndim != 1 or targets.shape != rows.shape:
-        raise ValueError(
-            f"rows and targets: expected 1-D arrays of equal length, got {rows.shape} and "
-            f"{targets.shape}"
-        )
-    for name, arr in (("rows", rows), ("targets", targets)):
-        if not jnp.issubdtype(arr.dtype, jnp.integer):
-            raise TypeError(f"{name}: expected an integer dtype, got {arr.dtype}")
+    rows, targets = _check_index_lists(rows, targets, "targets")
     values = dict(values or {})
     unknown = set(values) - set(conn.synapses)
     if unknown:
