@@ -486,6 +486,13 @@ def run(args: argparse.Namespace) -> int:
             f"  epoch {run_state.epoch + 1}, batch {run_state.batch}: saved {path.name}", flush=True
         )
 
+    def stopped():
+        """Ends the progress bar after a failed or interrupted run; the last checkpoint."""
+        if bar is not None:
+            bar.close()
+        last = run_checkpoints(ckpt_dir)
+        return last[-1] if last else None
+
     if state.epoch >= config.epochs:
         print(f"  nothing to do: the checkpoint has {state.epoch} epochs, --epochs {config.epochs}")
         write_metrics(state.history, "done")
@@ -502,24 +509,18 @@ def run(args: argparse.Namespace) -> int:
             on_checkpoint=on_checkpoint,
         )
     except NonFiniteLossError as exc:
-        if bar is not None:
-            bar.close()
-        last = run_checkpoints(ckpt_dir)
-        kept = f"; the last good checkpoint is {last[-1]}" if last else ""
+        last = stopped()
+        kept = f"; the last good checkpoint is {last}" if last else ""
         error("train", f"{exc}{kept}")
         return EXIT_DIVERGED
     except OSError as exc:
-        if bar is not None:
-            bar.close()
-        last = run_checkpoints(ckpt_dir)
-        kept = f"; the last complete checkpoint is {last[-1]}" if last else ""
+        last = stopped()
+        kept = f"; the last complete checkpoint is {last}" if last else ""
         error("train", f"cannot write the outputs: {exc.strerror or exc}{kept}")
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
-        if bar is not None:
-            bar.close()
-        last = run_checkpoints(ckpt_dir)
-        where = f" from {last[-1].name}" if last else ""
+        last = stopped()
+        where = f" from {last.name}" if last else ""
         error("train", f"interrupted; continue{where} with the same command and --resume")
         return EXIT_INTERRUPTED
 
