@@ -73,17 +73,24 @@ def make_model(config: str, seed: int):
     return with_padding(eprop_model(config, "alif", seed), PADDING)
 
 
-def _leaves_equal(a, b) -> bool:
+def _leaves_equal(a, b, rtol: float = 0.0) -> bool:
+    """Every array leaf equal; float leaves within `rtol` of each other's scale if given."""
+
     def data(x):
         if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
             return jr.key_data(x)
         return x
 
+    def same(x, y):
+        x, y = data(x), data(y)
+        if rtol and jnp.issubdtype(x.dtype, jnp.floating) and x.shape == y.shape:
+            scale = float(jnp.max(jnp.abs(x), initial=0.0))
+            return float(jnp.max(jnp.abs(x - y), initial=0.0)) <= rtol * max(scale, 1e-30)
+        return bool(jnp.array_equal(x, y))
+
     la = jax.tree.leaves(eqx.filter(a, eqx.is_array))
     lb = jax.tree.leaves(eqx.filter(b, eqx.is_array))
-    return len(la) == len(lb) and all(
-        bool(jnp.array_equal(data(x), data(y))) for x, y in zip(la, lb, strict=True)
-    )
+    return len(la) == len(lb) and all(same(x, y) for x, y in zip(la, lb, strict=True))
 
 
 def measure(config: str, mode: str, args) -> dict[str, Any]:
@@ -122,7 +129,11 @@ def measure(config: str, mode: str, args) -> dict[str, Any]:
     # The halves compose to the full step, bit for bit (the same synapses are rewired).
     full_model, full_state, full_info = cand_full()
     split_model, split_state, counts = cand_rewire()
-    if not (_leaves_equal(full_model, split_model) and _leaves_equal(full_state, split_state)):
+    # Bit for bit on CPU; a GPU's float atomics sum in no fixed order, so there the float
+    # leaves may differ in the last bits (connectivity and integer leaves must still match).
+    rtol = 0.0 if jax.default_backend() == "cpu" else 1e-5
+    same_model = _leaves_equal(full_model, split_model, rtol)
+    if not (same_model and _leaves_equal(full_state, split_state, rtol)):
         raise AssertionError(f"{config} {mode}: update + rewire != deep_r_train_step")
     cands = [cand_full, cand_update, cand_rewire]
     for cand in cands:
