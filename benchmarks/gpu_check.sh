@@ -15,8 +15,9 @@
 # non-zero if any step failed or was skipped. Everything it prints goes to
 # $OUT/gpu_check.log (default `gpu_results/`), and each benchmark writes its JSON beside it.
 #
-# Environment: PYTHON (default python3), GPU_CHECK_PLATFORM (default cuda; `cpu` dry-runs the
-# script itself on a machine without a GPU), GPU_CHECK_QUICK=1 (tiny benchmark grids).
+# Environment: PYTHON (default python3), GPU_CHECK_PLATFORM (default cuda,cpu; `cpu` dry-runs the
+# script itself on a machine without a GPU), GPU_CHECK_QUICK=1 (tiny benchmark grids),
+# GPU_CHECK_ONLY="tests_core bench_eprop" (only the steps named).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -38,6 +39,9 @@ budget=${GPU_CHECK_BUDGET:-540}  # seconds for the whole check; later steps get 
 step() {  # step NAME SECONDS COMMAND...: run under a time limit; output into the log
   local name=$1 seconds=$2
   shift 2
+  if [[ -n "${GPU_CHECK_ONLY:-}" && " $GPU_CHECK_ONLY " != *" $name "* ]]; then
+    return
+  fi
   local left=$((budget - (SECONDS - started) - 5))
   ((left < seconds)) && seconds=$left
   if ((seconds < 20)); then
@@ -55,9 +59,11 @@ step() {  # step NAME SECONDS COMMAND...: run under a time limit; output into th
 site=$(mktemp -d)
 "$PY" -m pip install -q --no-index --no-deps --no-compile --target "$site" "$WHEELS"/jaxplastic-*.whl \
   || { echo "install failed"; exit 2; }
-export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
+# The working tree's code first; the installed wheel supplies the package metadata.
+export PYTHONPATH="$PWD:$site${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
-export JAX_PLATFORMS=${GPU_CHECK_PLATFORM:-cuda}
+# cpu beside cuda: equinox's runtime errors (eqx.error_if) call back on a CPU device.
+export JAX_PLATFORMS=${GPU_CHECK_PLATFORM:-cuda,cpu}
 "$PY" -c "import sys, jax, jaxplastic; print(sys.version); print('jax', jax.__version__, \
 jax.devices(), 'jaxplastic', jaxplastic.__version__, jaxplastic.__file__)" || exit 2
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null
@@ -76,7 +82,9 @@ else
   topo=(--scales 1 4 --duration 2 --seeds 4 --ensemble-duration 1)
 fi
 # A deprecation in a newer JAX than ours is reported, not turned into a failure.
-pytest=("$PY" -m pytest -q -p no:cacheprovider -W default::DeprecationWarning -n 4)
+# pytest-benchmark, if the image has it, warns under xdist, and our warnings are errors.
+pytest=("$PY" -m pytest -q -p no:cacheprovider -p no:benchmark -W default::DeprecationWarning
+  -n 4)
 
 step tests_gpu 90 "${pytest[@]}" -m gpu tests/pallas
 step bench_propagation 120 "$PY" benchmarks/propagation.py --no-brainevent "${prop[@]}" \

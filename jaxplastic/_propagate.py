@@ -213,8 +213,9 @@ def _propagate_bwd(n_post, impl, block_rows, residuals, g):
     post, weight, spikes = residuals
     g_pad = jnp.concatenate([g, jnp.zeros((g.shape[0], 1), g.dtype)], axis=1)
     g_slot = g_pad[:, post]  # [batch, pre, cap]; free slots read the zero sink
-    d_weight = jnp.einsum("bi,bis->is", spikes, g_slot).astype(weight.dtype)
-    d_spikes = jnp.einsum("is,bis->bi", weight, g_slot).astype(spikes.dtype)
+    hi = lax.Precision.HIGHEST  # float32 sums, not TF32, on GPUs too
+    d_weight = jnp.einsum("bi,bis->is", spikes, g_slot, precision=hi).astype(weight.dtype)
+    d_spikes = jnp.einsum("is,bis->bi", weight, g_slot, precision=hi).astype(spikes.dtype)
     return None, d_weight, d_spikes
 
 

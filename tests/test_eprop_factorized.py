@@ -137,9 +137,10 @@ def test_memory_grows_with_time_and_neurons_not_synapses(getkey):
     # one chunk the whole [pre, cap, k] gather fits the budget and grows with k).
     short, long = 256, 512
     growth = _temp_bytes(rule, model, long) - _temp_bytes(rule, model, short)
-    # Linear in time with a few float32 records per step, example and neuron ...
+    # Linear in time with a few records per step, example and neuron (XLA:CPU keeps at least
+    # one float32 each; XLA:GPU with the Pallas product about half that) ...
     units = (long - short) * BATCH * (N_IN + N_HIDDEN) * 4
-    assert 1 <= growth / units <= 16
+    assert 0.25 <= growth / units <= 16
     # ... far below one record per slot, which online e-prop keeps (but not per step).
     slots = model.input.post.size + model.recurrent.post.size
     assert growth < 0.25 * (long - short) * BATCH * slots * 4
@@ -329,7 +330,8 @@ def test_xla_sampled_matmul_jit_vmap_and_grad(getkey):
 
     # Gradients: the sampled product is the dense product masked to the slots.
     def dense(a, b):
-        full = jnp.concatenate([a.T @ b, jnp.zeros((10, 1))], axis=1)
+        # Full float32 (a GPU's default would round the product to TF32).
+        full = jnp.concatenate([jnp.dot(a.T, b, precision="highest"), jnp.zeros((10, 1))], axis=1)
         return jnp.take_along_axis(full, post, axis=1)
 
     weights = jr.normal(getkey(), post.shape)

@@ -351,11 +351,12 @@ def _dense_update(
     which matters at the paper's batch of 512.
     """
     e, traces = _eligibility(traces, psi[:, None, :], zbar_pre[:, :, None], c)
-    grad = grad + jnp.einsum("bij,bj->ij", traces.ebar, learning)
+    hi = lax.Precision.HIGHEST
+    grad = grad + jnp.einsum("bij,bj->ij", traces.ebar, learning, precision=hi)
     if traces.eps_a is None:
         # LIF: e = psi_j zbar_i, so its regularisation term is a plain matrix product.
-        return traces, grad + zbar_pre.T @ (psi * reg)
-    return traces, grad + jnp.einsum("bij,bj->ij", e, reg)
+        return traces, grad + jnp.dot(zbar_pre.T, psi * reg, precision=hi)
+    return traces, grad + jnp.einsum("bij,bj->ij", e, reg, precision=hi)
 
 
 def _model_gradients(model: AbstractClassifier, acc: EpropGradients):
@@ -715,7 +716,7 @@ def eprop(
         target = jax.nn.one_hot(labels, model.n_out, dtype=dtype)
         softmax = jax.nn.softmax(v, axis=-1)
         error = softmax - target
-        learning = error @ model.w_out.T
+        learning = jnp.dot(error, model.w_out.T, precision=lax.Precision.HIGHEST)
         rate = c.rate_decay * state.rate + (1.0 - c.rate_decay) * z
         reg = c_reg * (rate - c.f_target)
 
@@ -745,7 +746,7 @@ def eprop(
         # 5. Readout gradients (exact: the readout has no recurrence).
         zbar_out = c.kappa * state.zbar_out + z
         bias_trace = c.kappa * state.bias_trace + 1.0
-        g_out = grads.w_out + zbar_out.T @ error
+        g_out = grads.w_out + jnp.dot(zbar_out.T, error, precision=lax.Precision.HIGHEST)
         g_b = grads.b_out + bias_trace * jnp.sum(error, axis=0)
 
         log_p = jax.nn.log_softmax(v, axis=-1)

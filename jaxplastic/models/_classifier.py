@@ -178,7 +178,8 @@ class AbstractClassifier(eqx.Module):
     ) -> Float[Array, "*batch out"]:
         """One readout step, $V \\leftarrow \\kappa V + w_{out}^T z + b_{out}$."""
         kappa = jnp.exp(-dt / jnp.asarray(self.tau_out, v.dtype))
-        return kappa * v + z @ self.w_out + jnp.broadcast_to(self.b_out, v.shape)
+        out = jnp.dot(z, self.w_out, precision=lax.Precision.HIGHEST)
+        return kappa * v + out + jnp.broadcast_to(self.b_out, v.shape)
 
     def step(
         self, state: ClassifierState, x: Shaped[ArrayLike, "*batch in"], *, dt: float
@@ -443,7 +444,8 @@ class DenseClassifier(AbstractClassifier):
         return (self.w_in, self.w_rec, self.w_out, self.b_out)
 
     def hidden_input(self, x, z):
-        return x @ self.w_in + z @ self.w_rec
+        hi = lax.Precision.HIGHEST  # exact float32 like the ragged path, on GPUs too
+        return jnp.dot(x, self.w_in, precision=hi) + jnp.dot(z, self.w_rec, precision=hi)
 
 
 def _check_common(owner: str, model: AbstractClassifier) -> None:
