@@ -564,11 +564,13 @@ def _add(
     targets: Int[Array, " k"],
     values: dict[str, Shaped[ArrayLike, " k"]],
     rows_sorted: bool = False,
+    changed: Bool[Array, "pre cap"] | None = None,
 ) -> tuple[RaggedConnectivity, RewireInfo, Bool[Array, " k"]]:
     """:func:`add_synapses` on checked inputs; also returns which proposals were placed.
 
     ``rows_sorted`` promises that ``rows`` is non-decreasing and in range: the proposals are
-    then already grouped by row, and the sort by row is skipped.
+    then already grouped by row, and the sort by row is skipped. ``changed``, if given, is
+    an earlier step's mask: the returned ``changed`` is it with the added slots set.
     """
     n_pre, cap, n_post = conn.n_pre, conn.capacity, conn.n_post
     k = rows.shape[0]
@@ -660,7 +662,9 @@ def _add(
     for name, v in conn.synapses.items():
         new = jnp.asarray(values[name], v.dtype) if name in values else jnp.zeros(k, v.dtype)
         synapses[name] = v.at[write_rows, slot].set(new, **scatter)
-    changed = jnp.zeros(conn.post.shape, bool).at[write_rows, slot].set(True, **scatter)
+    if changed is None:
+        changed = jnp.zeros(conn.post.shape, bool)
+    changed = changed.at[write_rows, slot].set(True, **scatter)
     if column is not None:
         pos = _nth_bit(col_free, col_rank, column.column_capacity)
         flat = safe_rows * cap + slot.astype(index_dtype)
@@ -694,9 +698,11 @@ def _add_row_blocks(
     targets: Int[Array, "m width"],
     values: Mapping[str, Shaped[ArrayLike, "m width"]],
     rows_sorted: bool,
+    before: RewireInfo,
 ) -> tuple[RaggedConnectivity, RewireInfo]:
     """:func:`add_synapses` of ``width`` proposals for each of the distinct rows ``row_index``
-    (increasing when ``rows_sorted``).
+    (increasing when ``rows_sorted``), after a step that ``before`` records; returns the
+    record of both.
 
     A rule proposes a fixed number per row, mostly "none" (``n_post``). The real proposals
     are compacted, in order, into chunks of whole rows of at most ``size`` proposals, and
@@ -714,10 +720,9 @@ def _add_row_blocks(
     in_range = (flat_targets >= 0) & (flat_targets < n_post)
     real = proposed & in_range
     out_of_range = _count(proposed & ~in_range)
-    z = _zero_count()
-    none = RewireInfo(jnp.zeros(conn.post.shape, bool), z, z, z, z, z, out_of_range)
+    before = before._replace(refused_out_of_range=before.refused_out_of_range + out_of_range)
     if k == 0:  # a rule that proposes nothing
-        return conn, none
+        return conn, before
     # Static chunk size: an eighth of the proposals (at least a row's worth).
     size = max(width, min(k, max(_MIN_CHUNK, k // 8)))
     stride = size - width + 1  # rows starting within one stride fit in one chunk
@@ -745,13 +750,20 @@ def _add_row_blocks(
         chunk_rows = compact(rows, 0)
         if rows_sorted:  # the empty places before and after the chunk's rows keep them sorted
             chunk_rows = lax.cummax(chunk_rows, axis=0)
+        # The chunk's slots are set on the running `changed` mask: no mask per chunk to merge.
         conn, added, _ = _add(
-            conn, chunk_rows, compact(flat_targets, n_post), chunk_values, rows_sorted
+            conn,
+            chunk_rows,
+            compact(flat_targets, n_post),
+            chunk_values,
+            rows_sorted,
+            changed=info.changed,
         )
-        return c + 1, conn, info.merge(added)
+        counts = (a + b for a, b in zip(info[1:], added[1:], strict=True))
+        return c + 1, conn, RewireInfo(added.changed, *counts)
 
     _, conn, info = lax.while_loop(
-        lambda state: state[0] < n_chunks, one_chunk, (jnp.zeros((), jnp.int32), conn, none)
+        lambda state: state[0] < n_chunks, one_chunk, (jnp.zeros((), jnp.int32), conn, before)
     )
     return conn, info
 
@@ -887,10 +899,11 @@ def update_rows(
 
     if rows is None:
         conn, removed = remove_synapses(conn, remove)
-        removed_mask = removed.changed
     else:
         conn, removed_rows = _remove_in_rows(conn, row_index, remove)
         removed_mask = jnp.zeros(conn.post.shape, bool).at[row_index].set(removed_rows)
+        z = _zero_count()
+        removed = RewireInfo(removed_mask, _count(removed_rows), z, z, z, z, z)
     kk = add_post.shape[1]
     add_values = dict(update.add_values)
     _check_proposals(
@@ -899,9 +912,7 @@ def update_rows(
         add_post.reshape(-1),
         {name: jnp.reshape(v, -1) for name, v in add_values.items()},
     )
-    conn, added = _add_row_blocks(conn, row_index, add_post, add_values, rows is None)
-    info = added._replace(changed=_or(added.changed, removed_mask), removed=_count(removed_mask))
-    return conn, info
+    return _add_row_blocks(conn, row_index, add_post, add_values, rows is None, removed)
 
 
 # -- slot-aligned state -----------------------------------------------------------------------
