@@ -692,6 +692,12 @@ def _add(
 _MIN_CHUNK = 1024
 
 
+def _each_row(x: Shaped[Array, " m"], width: int) -> Shaped[Array, " k"]:
+    """``jnp.repeat(x, width)`` by broadcasting (``jnp.repeat`` with a static total length
+    is a scatter, a prefix sum and a gather)."""
+    return jnp.broadcast_to(x[:, None], (x.shape[0], width)).reshape(-1)
+
+
 def _add_row_blocks(
     conn: RaggedConnectivity,
     row_index: Int[Array, " m"],
@@ -731,9 +737,9 @@ def _add_row_blocks(
     row_start = row_end - jnp.sum(real.reshape(m, width), axis=1, dtype=jnp.int32)
     chunk_of_row = row_start // stride
     n_chunks = jnp.max(jnp.where(row_end > row_start, chunk_of_row + 1, 0), initial=0)
-    chunk = jnp.repeat(chunk_of_row, width, total_repeat_length=k)
+    chunk = _each_row(chunk_of_row, width)
     position = through - 1 - chunk * stride  # place inside its chunk, in [0, size)
-    rows = jnp.repeat(row_index.astype(index_dtype), width, total_repeat_length=k)
+    rows = _each_row(row_index.astype(index_dtype), width)
     flat_values = {
         name: jnp.asarray(v, conn.synapses[name].dtype).reshape(k) for name, v in values.items()
     }
@@ -908,7 +914,7 @@ def update_rows(
     add_values = dict(update.add_values)
     _check_proposals(
         conn,
-        jnp.repeat(row_index, kk),
+        _each_row(row_index, kk),
         add_post.reshape(-1),
         {name: jnp.reshape(v, -1) for name, v in add_values.items()},
     )
