@@ -108,6 +108,14 @@ def _count(x: Bool[Array, "..."]) -> Int[Array, ""]:
     return jnp.sum(lanes.astype(jnp.int32), dtype=jnp.int32)
 
 
+def _any(x: Bool[Array, "..."]) -> Bool[Array, ""]:
+    """Whether any entry is True, read four booleans per ``uint32`` word (on CPU about 1.5x
+    faster than ``jnp.any`` of the booleans)."""
+    flat = x.reshape(-1).astype(jnp.uint8)
+    flat = jnp.pad(flat, (0, -flat.shape[0] % 4))
+    return jnp.any(lax.bitcast_convert_type(flat.reshape(-1, 4), jnp.uint32) != 0)
+
+
 _SCAN_BLOCK = 32
 
 
@@ -241,7 +249,7 @@ def remove_synapses(
     # Through a conditional, whose result XLA materialises: as a plain expression it would be
     # fused into each of its uses and recomputed from the old targets, so that a `changed`
     # merged after a later edit needs a copy of them (prune + regrow: about 1.5x slower).
-    removed = lax.cond(jnp.any(mask), lambda: mask & conn.alive, lambda: jnp.zeros_like(mask))
+    removed = lax.cond(_any(mask), lambda: mask & conn.alive, lambda: jnp.zeros_like(mask))
     post = jnp.where(removed, conn.n_post, conn.post)
     synapses = {k: jnp.where(removed, jnp.zeros((), v.dtype), v) for k, v in conn.synapses.items()}
     column = conn.column

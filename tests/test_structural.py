@@ -343,7 +343,7 @@ def test_update_rows_in_several_chunks_equals_one_add():
 
 @pytest.mark.parametrize("size", [0, 1, 31, 32, 33, 1000, 32639, 32640, 32641, 130561, 1_000_003])
 def test_counts_and_prefix_sums_of_masks(size):
-    from jaxplastic._structural import _count, _cumsum
+    from jaxplastic._structural import _any, _count, _cumsum
 
     x = np.random.default_rng(size).random(size) < 0.4
     assert int(jax.jit(_count)(jnp.asarray(x))) == int(x.sum())
@@ -352,6 +352,10 @@ def test_counts_and_prefix_sums_of_masks(size):
         np.testing.assert_array_equal(np.asarray(jax.jit(_cumsum)(jnp.asarray(x))), np.cumsum(x))
     batch = np.random.default_rng(1).random((3, size)) < 0.5
     np.testing.assert_array_equal(np.asarray(jax.vmap(_count)(jnp.asarray(batch))), batch.sum(1))
+    # _any: every position of a single True is seen, including the padded last word.
+    assert not bool(jax.jit(_any)(jnp.zeros((size,), bool)))
+    for i in {0, size // 2, size - 1} if size else ():
+        assert bool(jax.jit(_any)(jnp.zeros((size,), bool).at[i].set(True)))
 
 
 def test_add_values_and_unknown_names():
