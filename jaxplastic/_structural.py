@@ -98,10 +98,7 @@ def _count(x: Bool[Array, "..."]) -> Int[Array, ""]:
     """
     if x.size < 4 * _LANES * _BYTE_ROWS:
         return jnp.sum(x, dtype=jnp.int32)
-    block = 4 * _LANES * _BYTE_ROWS
-    n_blocks = -(-x.size // block)
-    flat = jnp.pad(x.reshape(-1).astype(jnp.uint8), (0, n_blocks * block - x.size))
-    words = lax.bitcast_convert_type(flat.reshape(n_blocks, _BYTE_ROWS, _LANES, 4), jnp.uint32)
+    words = _byte_words(x, _LANES * _BYTE_ROWS).reshape(-1, _BYTE_ROWS, _LANES)
     sums = jnp.sum(words, axis=1, dtype=jnp.uint32)  # [n_blocks, lanes], each byte <= 255
     mask = jnp.uint32(0xFF)
     lanes = (sums & mask) + ((sums >> 8) & mask) + ((sums >> 16) & mask) + (sums >> 24)
@@ -111,9 +108,16 @@ def _count(x: Bool[Array, "..."]) -> Int[Array, ""]:
 def _any(x: Bool[Array, "..."]) -> Bool[Array, ""]:
     """Whether any entry is True, read four booleans per ``uint32`` word (on CPU about 1.5x
     faster than ``jnp.any`` of the booleans)."""
+    return jnp.any(_byte_words(x, 1) != 0)
+
+
+def _byte_words(x: Bool[Array, "..."], multiple: int) -> Shaped[Array, " words"]:
+    """The booleans of ``x``, flattened and padded with False, as ``uint32`` words of four
+    bytes of 0 or 1; the number of words is a multiple of ``multiple``."""
+    block = 4 * multiple
     flat = x.reshape(-1).astype(jnp.uint8)
-    flat = jnp.pad(flat, (0, -flat.shape[0] % 4))
-    return jnp.any(lax.bitcast_convert_type(flat.reshape(-1, 4), jnp.uint32) != 0)
+    flat = jnp.pad(flat, (0, -flat.shape[0] % block))
+    return lax.bitcast_convert_type(flat.reshape(-1, 4), jnp.uint32)
 
 
 _SCAN_BLOCK = 32
