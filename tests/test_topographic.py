@@ -1,3 +1,4 @@
+import functools
 import json
 import math
 import subprocess
@@ -388,10 +389,17 @@ def test_short_run_is_plausible(short_runs):
     assert timing["seeds"] == 2 and timing["model_s"] == pytest.approx(0.04)
 
 
+@functools.cache
+def _default_init():
+    """The default model's init, jitted once for every test that starts from it (a fresh
+    TopographicMap().init is a new function to jit, compiled again)."""
+    return jax.jit(TopographicMap().init)
+
+
 def test_spike_block_size_does_not_change_the_simulation():
     # One spiking neuron per block forces the exact fallback loop on most steps: the result
     # must equal the run with the default blocks (no spike dropped or handled twice).
-    state = jax.jit(TopographicMap().init)(jr.key(4))
+    state = _default_init()(jr.key(4))
     results = []
     for max_spikes in (1, None):
         model = TopographicMap(max_spikes=max_spikes)
@@ -406,18 +414,26 @@ def test_spike_block_size_does_not_change_the_simulation():
     np.testing.assert_allclose(np.asarray(a.neurons.v), np.asarray(b.neurons.v), atol=1e-5)
 
 
+@pytest.fixture(scope="module")
+def whole_block_run():
+    """The initial state of key 5 and the run from it that delivers and learns from whole
+    blocks (spike_head=None, the default at scale 1): the reference of every spike_head
+    case, compiled and run once."""
+    with jax.numpy_dtype_promotion("strict"):
+        state = _default_init()(jr.key(5))
+        model = TopographicMap(spike_head=None)
+        assert model.spike_heads[1] == model.spike_block
+        return state, jax.jit(lambda s: model.run(s, num_intervals=2))(state)
+
+
 @pytest.mark.parametrize("spike_head", [1, 2])
-def test_spike_head_does_not_change_the_simulation(spike_head):
+def test_spike_head_does_not_change_the_simulation(spike_head, whole_block_run):
     # Small heads make most spiking steps take the second part of the blocks: the result must
     # equal the run that delivers and learns from whole blocks (the default at scale 1).
-    state = jax.jit(TopographicMap().init)(jr.key(5))
-    results = []
-    for head in (spike_head, None):
-        model = TopographicMap(spike_head=head)
-        assert model.spike_heads[1] == (head or model.spike_block)
-        run = jax.jit(lambda s, model=model: model.run(s, num_intervals=2))
-        results.append(run(state))
-    (a, rec_a), (b, rec_b) = results
+    state, (b, rec_b) = whole_block_run
+    model = TopographicMap(spike_head=spike_head)
+    assert model.spike_heads[1] == spike_head
+    a, rec_a = jax.jit(lambda s: model.run(s, num_intervals=2))(state)
     np.testing.assert_array_equal(np.asarray(rec_a.target_spikes), np.asarray(rec_b.target_spikes))
     assert int(rec_a.target_spikes.sum()) > 0
     np.testing.assert_array_equal(np.asarray(a.afferent.post), np.asarray(b.afferent.post))

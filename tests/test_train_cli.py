@@ -2,7 +2,10 @@
 
 Tiny settings throughout (16 hidden neurons, 15 steps, a few hundred digits), so the file
 runs in about a minute or two on one core. Runs in this process share one compilation per
-method (the trainer is cached by its settings).
+method (the trainer is cached by its settings). Only the test of the outputs draws
+curves.png (0.3 s an epoch, a second more for matplotlib's import in a fresh process): the
+other runs pass --no-plots, which changes nothing else (not the checkpoints, not the settings
+a resumed run must match).
 """
 
 import json
@@ -35,7 +38,7 @@ pytestmark = pytest.mark.standard_promotion  # optax mixes Python floats and int
 
 TINY = [
     "--hidden", "16", "--num-steps", "15", "--train-size", "96", "--test-size", "48",
-    "--batch-size", "16", "--no-progress",
+    "--batch-size", "16", "--no-progress", "--no-plots",
 ]  # fmt: skip
 # Explicit capacities: every sparse run has the same shapes whatever its seed, so all runs of
 # one method share one compilation (the default, capacity from padding, is used by the
@@ -48,9 +51,12 @@ METHOD_ARGS = {
 }
 
 
-def _train(out: Path, *extra: str, method: str = "deep_r", epochs: int = 2) -> int:
+def _train(
+    out: Path, *extra: str, method: str = "deep_r", epochs: int = 2, plots: bool = False
+) -> int:
+    tiny = [a for a in TINY if a != "--no-plots"] if plots else TINY
     return main(
-        ["train", *TINY, *METHOD_ARGS[method], "--epochs", str(epochs), "--out", str(out), *extra]
+        ["train", *tiny, *METHOD_ARGS[method], "--epochs", str(epochs), "--out", str(out), *extra]
     )
 
 
@@ -95,7 +101,7 @@ def _assert_same_run(a: Path, b: Path) -> None:
 
 def test_train_writes_metrics_plots_and_checkpoints(tmp_path, capsys):
     out = tmp_path / "run"
-    assert _train(out, "--epochs", "3", "--keep", "2") == 0
+    assert _train(out, "--epochs", "3", "--keep", "2", plots=True) == 0
     printed = capsys.readouterr().out
     for epoch in (1, 2, 3):
         assert f"epoch {epoch}/3: loss" in printed
