@@ -6,7 +6,8 @@
 #   bash benchmarks/gpu_check.sh prepare     # here, with the index: our wheel -> .whl/
 #   bash benchmarks/gpu_check.sh             # there, with .whl/ copied beside it
 #
-# `prepare` builds the jaxplastic wheel (pure Python) into `.whl/` (git-ignored). The check
+# `prepare` builds the jaxplastic wheel (Python, and the native CPU kernels' shared library,
+# which does not depend on the Python version) into `.whl/` (git-ignored). The check
 # installs it without dependencies into a private folder (nothing in the image is replaced),
 # runs the `gpu`-marked Pallas tests (the kernels compiled for the GPU) with JAX_PLATFORMS=cuda,
 # then the benchmarks, then the propagation, factorized e-prop and structural tests. Every step
@@ -59,7 +60,10 @@ step() {  # step NAME SECONDS COMMAND...: run under a time limit; output into th
 site=$(mktemp -d)
 "$PY" -m pip install -q --no-index --no-deps --no-compile --target "$site" "$WHEELS"/jaxplastic-*.whl \
   || { echo "install failed"; exit 2; }
-# The working tree's code first; the installed wheel supplies the package metadata.
+# The working tree's code first; the installed wheel supplies the package metadata and the
+# native kernels' library (git-ignored, so not in the copied tree).
+lib=native_kernels/libjaxplastic_structural.so
+[[ -f $lib ]] || cp "$site/$lib" "$lib" || echo "no native kernels in the wheel"
 export PYTHONPATH="$PWD:$site${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
 # cpu beside cuda: equinox's runtime errors (eqx.error_if) call back on a CPU device.
@@ -89,12 +93,15 @@ pytest=("$PY" -m pytest -q -p no:cacheprovider -p no:benchmark -W default::Depre
 step tests_gpu 90 "${pytest[@]}" -m gpu tests/pallas
 step bench_propagation 120 "$PY" benchmarks/propagation.py --no-brainevent "${prop[@]}" \
   --out "$out/propagation.json"
-step bench_rewiring 150 "$PY" benchmarks/rewiring.py "${rewire[@]}" --out "$out/rewiring.json"
+step bench_rewiring 150 "$PY" benchmarks/rewiring.py "${rewire[@]}" --trace "$(mktemp -d)" \
+  --out "$out/rewiring.json"
 step bench_eprop 90 "$PY" benchmarks/eprop.py --no-online "${eprop[@]}" --out "$out/eprop.json"
 step bench_deep_r 90 "$PY" benchmarks/deep_r.py "${deepr[@]}" --out "$out/deep_r.json"
 step bench_topomap 90 "$PY" benchmarks/topomap.py --xla-threads all "${topo[@]}" \
   --out "$out/topomap.json"
 step tests_core 300 "${pytest[@]}" -m "not slow" \
   tests/test_propagate.py tests/test_eprop_factorized.py tests/test_structural.py
+# The native CPU kernels (built here, against our jaxlib) under the image's newer jaxlib.
+step tests_native_cpu 120 env JAX_PLATFORMS=cpu "${pytest[@]}" tests/test_native_structural.py
 echo "== done in $((SECONDS - started)) s, failed=$failed"
 exit $failed

@@ -12,8 +12,15 @@ Times, in one process and interleaved repeat by repeat:
 - each step with and without a column view: the difference is the cost of the incremental
   column upkeep, compared with a full rebuild of the column view (``build_column_view``,
   the XLA reference for the upkeep);
+- each step with every implementation asked for (``--impls``; by default, on a CPU where
+  they are built, the native CPU kernels beside the XLA versions, whose ratio is the
+  "xla / this" column), and the benchmark's rule alone (what ``update_rows`` spends in the
+  user's code rather than in the library);
 - 10 simulation steps of the same projection at 5 % presynaptic activity
   (a ``lax.scan`` of :func:`jaxplastic.propagate`).
+
+``--trace DIR`` also records a profiler trace of each step at the first fraction and writes
+its per-kernel times into the JSON (where a GPU step's time goes).
 
 Every function is jitted and compiled ahead of time (compile time reported separately); the
 changes' inputs are generated outside the timed region. Each repeat visits every case once,
@@ -32,6 +39,9 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import functools
+import gzip
+import itertools
 import json
 import math
 import os
@@ -50,6 +60,7 @@ from scipy.stats import binom
 
 import jaxplastic as jp
 from jaxplastic._connectivity import build_column_view
+from native_kernels import structural as native
 
 FRACTIONS = (0.001, 0.01, 0.1)
 OPS = ("remove", "remove_slots", "add", "prune+regrow", "prune_slots+regrow", "update_rows")
@@ -117,37 +128,59 @@ def rule_width(fill: int, fraction: float, n_rows: int) -> int:
 # -- the timed functions -----------------------------------------------------------------------
 
 
-def step_remove(conn, mask):
-    return jp.remove_synapses(conn, mask)
+def step_remove(conn, mask, impl):
+    return jp.remove_synapses(conn, mask, impl=impl)
 
 
-def step_remove_slots(conn, rows, slots):
+def step_remove_slots(conn, rows, slots, impl):
     return jp.remove_slots(conn, rows, slots)
 
 
-def step_add(conn, rows, targets, values):
-    return jp.add_synapses(conn, rows, targets, values)
+def step_add(conn, rows, targets, values, impl):
+    return jp.add_synapses(conn, rows, targets, values, impl=impl)
 
 
-def step_prune_regrow(conn, mask, rows, targets, values):
-    conn, removed = jp.remove_synapses(conn, mask)
-    conn, added = jp.add_synapses(conn, rows, targets, values)
+def step_prune_regrow(conn, mask, rows, targets, values, impl):
+    conn, removed = jp.remove_synapses(conn, mask, impl=impl)
+    conn, added = jp.add_synapses(conn, rows, targets, values, impl=impl)
     return conn, removed.merge(added)
 
 
-def step_prune_slots_regrow(conn, remove_rows, slots, rows, targets, values):
+def step_prune_slots_regrow(conn, remove_rows, slots, rows, targets, values, impl):
     conn, removed = jp.remove_slots(conn, remove_rows, slots)
-    conn, added = jp.add_synapses(conn, rows, targets, values)
+    conn, added = jp.add_synapses(conn, rows, targets, values, impl=impl)
     return conn, removed.merge(added)
 
 
 def make_step_update_rows(threshold: float, k_max: int):
     rule = prune_regrow_rule(threshold, k_max)
 
-    def step(conn, key):
-        return jp.update_rows(conn, rule, key)
+    def step(conn, key, impl):
+        return jp.update_rows(conn, rule, key, impl=impl)
 
     return step
+
+
+def make_rule_alone(threshold: float, k_max: int):
+    """The benchmark rule evaluated on every row, as ``update_rows`` does, and nothing else:
+    the part of ``update_rows``' cost that belongs to the rule."""
+    rule = prune_regrow_rule(threshold, k_max)
+
+    def rule_alone(conn, key):
+        def one_row(i, row_post, row_synapses):
+            view = jp.RowView(
+                index=i,
+                post=row_post,
+                alive=row_post != conn.n_post,
+                synapses=row_synapses,
+                n_post=conn.n_post,
+            )
+            return rule(view, None, None, jr.fold_in(key, i))
+
+        rows = jnp.arange(conn.n_pre, dtype=conn.post.dtype)
+        return jax.vmap(one_row)(rows, conn.post, conn.synapses)
+
+    return rule_alone
 
 
 def make_rebuild(n_post: int, column_capacity: int):
@@ -241,7 +274,8 @@ def make_changes(conn, rng, args) -> dict[float, dict[str, Any]]:
     return changes
 
 
-def build_cases(conn, changes, args, donate: bool) -> list[Case]:
+def build_cases(conn, changes, args, donate: bool, impl: str, first: bool) -> list[Case]:
+    """The cases of one implementation (``remove_slots``, which has one, with the first)."""
     no_col = conn.without_column_view()
     cases: list[Case] = []
     tag = "donated" if donate else "copied"
@@ -263,13 +297,44 @@ def build_cases(conn, changes, args, donate: bool) -> list[Case]:
             ),
         }
         for op in args.ops:
+            if op == "remove_slots" and not first:
+                continue
             fn, extra = inputs[op]
             for column, c in (("column", conn), ("no column", no_col)):
                 meta = {"op": op, "fraction": fraction, "column": column, "mode": tag}
-                name = f"{op} {fraction:g} {column} {tag}"
-                cases.append(Case(name, fn, (c, *extra), donate, meta))
-                print(f"  compiled {name:40s} {cases[-1].compile_s:6.2f} s", flush=True)
+                meta["impl"] = impl
+                name = f"{op} {fraction:g} {column} {tag} {impl}"
+                step = functools.partial(fn, impl=impl)
+                cases.append(Case(name, step, (c, *extra), donate, meta))
+                print(f"  compiled {name:48s} {cases[-1].compile_s:6.2f} s", flush=True)
     return cases
+
+
+def kernel_times(cases: list[Case], calls: int, folder: Path) -> dict[str, list[dict]]:
+    """Per-kernel time of each case, from a profiler trace of ``calls`` calls: the kernels
+    (or XLA CPU thunks) by total time per call, for where a step's time goes."""
+    out = {}
+    for case in cases:
+        trace_dir = folder / case.name.replace(" ", "_")
+        args = [case._fresh_args() for _ in range(calls)]
+        with jax.profiler.trace(str(trace_dir), create_perfetto_trace=True):
+            for a in args:
+                jax.block_until_ready(case.compiled(*a))
+        path = sorted(trace_dir.glob("**/perfetto_trace.json.gz"))[-1]
+        events = json.loads(gzip.decompress(path.read_bytes()))
+        events = events["traceEvents"] if isinstance(events, dict) else events
+        total: dict[str, float] = {}
+        count: dict[str, int] = {}
+        for e in events:
+            if e.get("ph") == "X" and "dur" in e:
+                total[e["name"]] = total.get(e["name"], 0.0) + e["dur"]
+                count[e["name"]] = count.get(e["name"], 0) + 1
+        top = sorted(total, key=total.get, reverse=True)[:40]
+        out[case.name] = [
+            {"name": n, "us_per_call": total[n] / calls, "count_per_call": count[n] / calls}
+            for n in top
+        ]
+    return out
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -287,6 +352,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     parser.add_argument(
         "--no-donate", action="store_true", help="also time the steps without donation"
+    )
+    parser.add_argument(
+        "--impls",
+        nargs="+",
+        choices=("auto", "native", "xla"),
+        default=None,
+        help="implementations of the primitives, timed side by side (default: native and "
+        "xla on a CPU where the native kernels are built, else xla)",
+    )
+    parser.add_argument(
+        "--trace",
+        type=Path,
+        default=None,
+        help="also record a profiler trace of each step at the first fraction (with the "
+        "column view) into this folder, and its per-kernel times into the JSON",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
@@ -310,10 +390,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"{int(conn.column_lengths.max())})"
     )
 
+    if args.impls is None:
+        native_here = device.platform == "cpu" and native.available()
+        args.impls = ["native", "xla"] if native_here else ["xla"]
     changes = make_changes(conn, rng, args)
-    cases = build_cases(conn, changes, args, donate=True)
-    if args.no_donate:
-        cases += build_cases(conn, changes, args, donate=False)
+    cases = []
+    for donate in (True, False) if args.no_donate else (True,):
+        for impl in args.impls:
+            cases += build_cases(conn, changes, args, donate, impl, first=impl == args.impls[0])
+    rule_cases = {}
+    if "update_rows" in args.ops:
+        for fraction, change in changes.items():
+            rule = make_rule_alone(change["threshold"], change["k_max"])
+            name = f"rule alone {fraction:g}"
+            rule_cases[fraction] = Case(name, rule, (conn, jr.key(args.seed)), False, {})
+            print(f"  compiled {name:48s} {rule_cases[fraction].compile_s:6.2f} s", flush=True)
+    cases += list(rule_cases.values())
     n_spiking = round(args.activity * args.n)
     spikes = np.zeros((10, args.n), bool)
     for t in range(10):
@@ -339,36 +431,61 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"  repeat {r + 1}/{args.repeats}", flush=True)
 
     by_key = {
-        (c.meta["op"], c.meta["fraction"], c.meta["column"], c.meta["mode"]): c
+        (c.meta["op"], c.meta["fraction"], c.meta["column"], c.meta["mode"], c.meta["impl"]): c
         for c in cases
         if c.meta
     }
     rows = []
-    for mode in ("donated", "copied") if args.no_donate else ("donated",):
-        for op in args.ops:
-            for fraction in args.fractions:
-                col = by_key[(op, fraction, "column", mode)]
-                nocol = by_key[(op, fraction, "no column", mode)]
-                upkeep = paired_median_ms(col, nocol)
-                rows.append(
-                    {
-                        "op": op,
-                        "mode": mode,
-                        "fraction": fraction,
-                        "changed": changes[fraction]["count"],
-                        "with_column_ms": col.median_ms,
-                        "without_column_ms": nocol.median_ms,
-                        "upkeep_ms": upkeep,
-                        "rebuild_over_upkeep": rebuild.median_ms / upkeep if upkeep > 0 else None,
-                        "step_over_simulate10": paired_ratio(col, simulate),
-                        "step_over_simulate10_of_medians": col.median_ms / simulate.median_ms,
-                        "compile_s": col.compile_s,
-                        "min_with_column_ms": 1e3 * min(col.times),
-                        "min_without_column_ms": 1e3 * min(nocol.times),
-                        "times_ms": [1e3 * t for t in col.times],
-                        "times_no_column_ms": [1e3 * t for t in nocol.times],
-                    }
-                )
+    for mode, impl, op, fraction in itertools.product(
+        ("donated", "copied") if args.no_donate else ("donated",),
+        args.impls,
+        args.ops,
+        args.fractions,
+    ):
+        if op == "remove_slots" and impl != args.impls[0]:
+            continue  # one implementation, timed with the first
+        col = by_key[(op, fraction, "column", mode, impl)]
+        nocol = by_key[(op, fraction, "no column", mode, impl)]
+        baseline = by_key.get((op, fraction, "column", mode, "xla"))
+        upkeep = paired_median_ms(col, nocol)
+        rows.append(
+            {
+                "op": op,
+                "impl": impl,
+                "mode": mode,
+                "fraction": fraction,
+                "changed": changes[fraction]["count"],
+                "with_column_ms": col.median_ms,
+                "without_column_ms": nocol.median_ms,
+                "upkeep_ms": upkeep,
+                "rebuild_over_upkeep": rebuild.median_ms / upkeep if upkeep > 0 else None,
+                "step_over_simulate10": paired_ratio(col, simulate),
+                "step_over_simulate10_of_medians": col.median_ms / simulate.median_ms,
+                "compile_s": col.compile_s,
+                "min_with_column_ms": 1e3 * min(col.times),
+                "min_without_column_ms": 1e3 * min(nocol.times),
+                "times_ms": [1e3 * t for t in col.times],
+                "times_no_column_ms": [1e3 * t for t in nocol.times],
+                # Paired median of xla / this implementation (with the column view).
+                "speedup_over_xla": (
+                    None if baseline is None or baseline is col else paired_ratio(baseline, col)
+                ),
+                "rule_alone_ms": (rule_cases[fraction].median_ms if op == "update_rows" else None),
+                "step_minus_rule_over_simulate10": (
+                    statistics.median(
+                        (x - y) / z
+                        for x, y, z in zip(
+                            col.times,
+                            rule_cases[fraction].times,
+                            simulate.times,
+                            strict=True,
+                        )
+                    )
+                    if op == "update_rows"
+                    else None
+                ),
+            }
+        )
     result = {
         "benchmark": "rewiring",
         "jax_version": jax.__version__,
@@ -403,7 +520,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "rebuild_times_ms": [1e3 * t for t in rebuild.times],
         "rows": rows,
     }
-    one = [r for r in rows if r["mode"] == "donated" and math.isclose(r["fraction"], 0.01)]
+    one = [
+        r
+        for r in rows
+        if r["mode"] == "donated"
+        and r["impl"] == args.impls[0]
+        and math.isclose(r["fraction"], 0.01)
+    ]
+    result["impls"] = args.impls
     result["targets"] = {
         r["op"]: {
             "upkeep_10x_cheaper_than_rebuild": bool(
@@ -413,6 +537,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         }
         for r in one
     }
+    if args.trace is not None:
+        traced = [
+            c
+            for c in cases
+            if c.meta
+            and c.meta["column"] == "column"
+            and c.meta["mode"] == "donated"
+            and c.meta["fraction"] == args.fractions[0]
+        ]
+        result["kernel_times"] = kernel_times(traced + [rebuild, simulate], 5, args.trace)
     result["table"] = markdown_table(result)
     print()
     print(result["table"])
@@ -434,18 +568,30 @@ def markdown_table(result: dict[str, Any]) -> str:
         f"{result['simulate10_ms']:.2f} ms; "
         f"full column rebuild: {result['rebuild_ms']:.2f} ms.",
         "",
-        "| step | mode | changed | with column (ms) | without column (ms) | upkeep (ms) "
-        "| rebuild / upkeep | step / 10 sim steps | compile (s) |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| step | impl | mode | changed | with column (ms) | without column (ms) | upkeep (ms) "
+        "| rebuild / upkeep | step / 10 sim steps | xla / this | compile (s) |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in result["rows"]:
         ratio = r["rebuild_over_upkeep"]
         ratio_s = "upkeep ~0" if ratio is None else f"{ratio:.1f}x"
+        speedup = r.get("speedup_over_xla")
+        speedup_s = "" if speedup is None else f"{speedup:.2f}x"
         lines.append(
-            f"| {r['op']} | {r['mode']} | {100 * r['fraction']:g} % ({r['changed']}) "
+            f"| {r['op']} | {r.get('impl', 'xla')} | {r['mode']} "
+            f"| {100 * r['fraction']:g} % ({r['changed']}) "
             f"| {r['with_column_ms']:.2f} | {r['without_column_ms']:.2f} | {r['upkeep_ms']:.2f} "
-            f"| {ratio_s} | {r['step_over_simulate10']:.2f} | {r['compile_s']:.2f} |"
+            f"| {ratio_s} | {r['step_over_simulate10']:.2f} | {speedup_s} | {r['compile_s']:.2f} |"
         )
+    rules = [r for r in result["rows"] if r.get("rule_alone_ms") is not None]
+    if rules:
+        lines += ["", "update_rows without its rule (the rule alone timed beside it):", ""]
+        for r in rules:
+            lines.append(
+                f"- {r.get('impl', 'xla')}, {100 * r['fraction']:g} %: rule alone "
+                f"{r['rule_alone_ms']:.2f} ms; (update_rows - rule) / 10 sim steps "
+                f"{r['step_minus_rule_over_simulate10']:.2f}"
+            )
     return "\n".join(lines)
 
 

@@ -10,7 +10,7 @@ placed are refused and counted by cause, never silently dropped.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import equinox as eqx
 import jax
@@ -18,6 +18,8 @@ import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 from jax import lax
+
+from native_kernels import structural as _native
 
 from ._connectivity import ColumnView, RaggedConnectivity
 from ._custom_types import Array, ArrayLike, Bool, Int, PRNGKeyArray, Shaped
@@ -225,11 +227,67 @@ def _nth_bit(words: Shaped[Array, "k words"], n: Int[Array, " k"], width: int) -
     return jnp.where(word < n_words, index, width)
 
 
+# -- implementation choice --------------------------------------------------------------------
+
+Impl = Literal["auto", "native", "xla"]
+_IMPLS = ("auto", "native", "xla")
+
+
+def _native_fits(conn: RaggedConnectivity) -> bool:
+    """Whether the native kernels handle this projection's index dtypes."""
+    dtype = conn.post.dtype
+    if dtype not in (jnp.int32, jnp.int64):
+        return False
+    col = conn.column
+    return col is None or (col.pre_slot.dtype == dtype and col.position.dtype == dtype)
+
+
+def _use_native(conn: RaggedConnectivity, impl: Impl) -> bool:
+    """Static choice: the native CPU kernel (``"native"``, or ``"auto"`` where it is built and
+    fits the projection) or the XLA implementation (``"xla"``)."""
+    if impl not in _IMPLS:
+        raise ValueError(f"impl: expected one of {_IMPLS}, got {impl!r}")
+    if impl == "xla":
+        return False
+    if impl == "native":
+        if not _native.available():
+            raise RuntimeError(
+                f"impl='native': the native CPU kernels are unavailable ({_native.load_error()});"
+                " use impl='auto' or 'xla'"
+            )
+        if not _native_fits(conn):
+            raise ValueError(
+                "impl='native': the native kernels need int32 or int64 `post` and column "
+                f"arrays of the same dtype, got post {conn.post.dtype}"
+            )
+        return True
+    return _native.available() and _native_fits(conn)
+
+
+def _per_platform(impl: Impl, native: Callable, xla: Callable, *args):
+    """``native(*args)`` when compiled for a CPU, else ``xla(*args)``; ``impl="native"``
+    always takes the native kernel (a CPU-only custom call)."""
+    if impl == "native":
+        return native(*args)
+    return lax.platform_dependent(*args, cpu=native, default=xla)
+
+
+def _column_pair(conn: RaggedConnectivity):
+    col = conn.column
+    return None if col is None else (col.pre_slot, col.position)
+
+
+def _with(conn: RaggedConnectivity, post, column, synapses) -> RaggedConnectivity:
+    if column is not None:
+        column = ColumnView(pre_slot=column[0], position=column[1])
+    return RaggedConnectivity(post, synapses, column, conn.n_post)
+
+
 # -- removal ----------------------------------------------------------------------------------
 
 
 def remove_synapses(
-    conn: RaggedConnectivity, mask: Bool[ArrayLike, "pre cap"]
+    conn: RaggedConnectivity, mask: Bool[ArrayLike, "pre cap"], *, impl: Impl = "auto"
 ) -> tuple[RaggedConnectivity, RewireInfo]:
     """Removes the synapses at the masked slots.
 
@@ -240,6 +298,8 @@ def remove_synapses(
     Args:
         conn: the projection.
         mask: ``bool[pre, cap]``, slots to remove.
+        impl: ``"auto"`` (default: the native CPU kernel when running on a CPU, where it was
+            built), ``"native"`` or ``"xla"``. Results are identical.
 
     Returns:
         ``(conn, info)``: the new projection and a :class:`RewireInfo` (``removed`` counts the
@@ -250,6 +310,24 @@ def remove_synapses(
         raise ValueError(
             f"mask: expected a bool array of shape {conn.post.shape}, got {mask.dtype}{mask.shape}"
         )
+    if _use_native(conn, impl):
+        return _per_platform(impl, _remove_native, _remove_xla, conn, mask)
+    return _remove_xla(conn, mask)
+
+
+def _remove_native(
+    conn: RaggedConnectivity, mask: Bool[Array, "pre cap"]
+) -> tuple[RaggedConnectivity, RewireInfo]:
+    removed, post, column, synapses = _native.remove(
+        conn.post, _column_pair(conn), conn.synapses, mask, conn.n_post
+    )
+    z = _zero_count()
+    return _with(conn, post, column, synapses), RewireInfo(removed, _count(removed), z, z, z, z, z)
+
+
+def _remove_xla(
+    conn: RaggedConnectivity, mask: Bool[Array, "pre cap"]
+) -> tuple[RaggedConnectivity, RewireInfo]:
     # Through a conditional, whose result XLA materialises: as a plain expression it would be
     # fused into each of its uses and recomputed from the old targets, so that a `changed`
     # merged after a later edit needs a copy of them (prune + regrow: about 1.5x slower).
@@ -499,7 +577,10 @@ def _repeated_in_rows(
         return repeat & sorted_candidate
 
     def by_sort(_):
-        then_target, then = _stable_sort(sorted_target, n_post)
+        # Non-candidates get a key of their own: between two equal candidates they would
+        # break the adjacency (an out-of-range proposal sits at the safe row 0, target 0).
+        key = jnp.where(sorted_candidate, sorted_target, n_post)
+        then_target, then = _stable_sort(key, n_post + 1)
         start, cand = by_row.start[then], sorted_candidate[then]
         same = (
             (start[1:] == start[:-1]) & (then_target[1:] == then_target[:-1]) & cand[1:] & cand[:-1]
@@ -528,6 +609,8 @@ def add_synapses(
     rows: Int[ArrayLike, " k"],
     targets: Int[ArrayLike, " k"],
     values: Mapping[str, Shaped[ArrayLike, " k"]] | None = None,
+    *,
+    impl: Impl = "auto",
 ) -> tuple[RaggedConnectivity, RewireInfo]:
     """Adds synapses ``rows[e] -> targets[e]`` into free slots, refusing what cannot fit.
 
@@ -543,12 +626,14 @@ def add_synapses(
         rows: ``[k]`` presynaptic rows.
         targets: ``[k]`` postsynaptic targets (``n_post`` for none).
         values: initial per-synapse values, name -> ``[k]``; variables not named start at 0.
+        impl: ``"auto"`` (default: the native CPU kernel when running on a CPU, where it was
+            built), ``"native"`` or ``"xla"``. Results are identical.
 
     Returns:
         ``(conn, info)`` with ``info.changed`` marking the filled slots.
     """
     rows, targets, values = _check_proposals(conn, rows, targets, values)
-    conn, info, _ = _add(conn, rows, targets, values)
+    conn, info, _ = _add(conn, rows, targets, values, impl=impl)
     return conn, info
 
 
@@ -577,9 +662,10 @@ def _add(
     conn: RaggedConnectivity,
     rows: Int[Array, " k"],
     targets: Int[Array, " k"],
-    values: dict[str, Shaped[ArrayLike, " k"]],
+    values: Mapping[str, Shaped[ArrayLike, " k"]],
     rows_sorted: bool = False,
     changed: Bool[Array, "pre cap"] | None = None,
+    impl: Impl = "auto",
 ) -> tuple[RaggedConnectivity, RewireInfo, Bool[Array, " k"]]:
     """:func:`add_synapses` on checked inputs; also returns which proposals were placed.
 
@@ -587,6 +673,53 @@ def _add(
     then already grouped by row, and the sort by row is skipped. ``changed``, if given, is
     an earlier step's mask: the returned ``changed`` is it with the added slots set.
     """
+    values = dict(values)
+    if _use_native(conn, impl):
+        if changed is None:
+            changed = jnp.zeros(conn.post.shape, bool)
+
+        def xla(conn, rows, targets, values, changed):
+            return _add_xla(conn, rows, targets, values, rows_sorted, changed)
+
+        return _per_platform(impl, _add_native, xla, conn, rows, targets, values, changed)
+    return _add_xla(conn, rows, targets, values, rows_sorted, changed)
+
+
+def _add_native(
+    conn: RaggedConnectivity,
+    rows: Int[Array, " k"],
+    targets: Int[Array, " k"],
+    values: dict[str, Shaped[ArrayLike, " k"]],
+    changed: Bool[Array, "pre cap"],
+) -> tuple[RaggedConnectivity, RewireInfo, Bool[Array, " k"]]:
+    """:func:`_add` by the native CPU kernel: one sequential greedy pass over the proposals."""
+    k, dtype = rows.shape[0], conn.post.dtype
+    values = {
+        name: jnp.broadcast_to(jnp.asarray(v, conn.synapses[name].dtype), (k,))
+        for name, v in values.items()
+    }
+    status, counts, post, changed, column, synapses = _native.add(
+        conn.post,
+        _column_pair(conn),
+        conn.synapses,
+        changed,
+        rows.astype(dtype),
+        targets.astype(dtype),
+        values,
+        conn.n_post,
+    )
+    info = RewireInfo(changed, _zero_count(), *(counts[c] for c in range(5)))
+    return _with(conn, post, column, synapses), info, status == _native.ACCEPTED
+
+
+def _add_xla(
+    conn: RaggedConnectivity,
+    rows: Int[Array, " k"],
+    targets: Int[Array, " k"],
+    values: dict[str, Shaped[ArrayLike, " k"]],
+    rows_sorted: bool,
+    changed: Bool[Array, "pre cap"] | None,
+) -> tuple[RaggedConnectivity, RewireInfo, Bool[Array, " k"]]:
     n_pre, cap, n_post = conn.n_pre, conn.capacity, conn.n_post
     k = rows.shape[0]
     rows = rows.astype(conn.post.dtype)
@@ -720,10 +853,37 @@ def _add_row_blocks(
     values: Mapping[str, Shaped[ArrayLike, "m width"]],
     rows_sorted: bool,
     before: RewireInfo,
+    impl: Impl = "auto",
 ) -> tuple[RaggedConnectivity, RewireInfo]:
     """:func:`add_synapses` of ``width`` proposals for each of the distinct rows ``row_index``
     (increasing when ``rows_sorted``), after a step that ``before`` records; returns the
-    record of both.
+    record of both."""
+    if not _use_native(conn, impl):
+        return _add_row_blocks_xla(conn, row_index, targets, values, rows_sorted, before)
+
+    def native(conn, row_index, targets, values, before):
+        m, width = targets.shape
+        rows = _each_row(row_index.astype(conn.post.dtype), width)
+        flat = {name: jnp.reshape(v, -1) for name, v in values.items()}
+        conn, added, _ = _add_native(conn, rows, targets.reshape(-1), flat, before.changed)
+        counts = (a + b for a, b in zip(before[1:], added[1:], strict=True))
+        return conn, RewireInfo(added.changed, *counts)
+
+    def xla(conn, row_index, targets, values, before):
+        return _add_row_blocks_xla(conn, row_index, targets, values, rows_sorted, before)
+
+    return _per_platform(impl, native, xla, conn, row_index, targets, dict(values), before)
+
+
+def _add_row_blocks_xla(
+    conn: RaggedConnectivity,
+    row_index: Int[Array, " m"],
+    targets: Int[Array, "m width"],
+    values: Mapping[str, Shaped[ArrayLike, "m width"]],
+    rows_sorted: bool,
+    before: RewireInfo,
+) -> tuple[RaggedConnectivity, RewireInfo]:
+    """:func:`_add_row_blocks` by XLA.
 
     A rule proposes a fixed number per row, mostly "none" (``n_post``). The real proposals
     are compacted, in order, into chunks of whole rows of at most ``size`` proposals, and
@@ -779,6 +939,7 @@ def _add_row_blocks(
             chunk_values,
             rows_sorted,
             changed=info.changed,
+            impl="xla",
         )
         counts = (a + b for a, b in zip(info[1:], added[1:], strict=True))
         return c + 1, conn, RewireInfo(added.changed, *counts)
@@ -836,6 +997,7 @@ def update_rows(
     pre: Any = None,
     post: Any = None,
     rows: Int[ArrayLike, " m"] | None = None,
+    impl: Impl = "auto",
 ) -> tuple[RaggedConnectivity, RewireInfo]:
     """Applies a per-row structural rule to every row in parallel: remove, then add.
 
@@ -856,6 +1018,8 @@ def update_rows(
         post: pytree of postsynaptic variables (or None), passed whole to every row.
         rows: optional ``[m]`` distinct rows to visit (static ``m``); the rest are untouched
             and the work is O(m * cap). Default: every row.
+        impl: ``"auto"`` (default: the native CPU kernels when running on a CPU, where they
+            were built), ``"native"`` or ``"xla"``, for the removal and the addition.
 
     Returns:
         ``(conn, info)``: the new projection and a :class:`RewireInfo` for the whole step.
@@ -919,7 +1083,7 @@ def update_rows(
         )
 
     if rows is None:
-        conn, removed = remove_synapses(conn, remove)
+        conn, removed = remove_synapses(conn, remove, impl=impl)
     else:
         conn, removed_rows = _remove_in_rows(conn, row_index, remove)
         removed_mask = jnp.zeros(conn.post.shape, bool).at[row_index].set(removed_rows)
@@ -933,7 +1097,7 @@ def update_rows(
         add_post.reshape(-1),
         {name: jnp.reshape(v, -1) for name, v in add_values.items()},
     )
-    return _add_row_blocks(conn, row_index, add_post, add_values, rows is None, removed)
+    return _add_row_blocks(conn, row_index, add_post, add_values, rows is None, removed, impl)
 
 
 # -- slot-aligned state -----------------------------------------------------------------------

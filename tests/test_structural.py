@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 import jaxplastic as jp
+from native_kernels import structural as native
 
 from .examples.rules import grow_random, prune_below
 
@@ -99,9 +100,24 @@ def _initial(seed, with_column=True):
     return jp.from_dense(dense, capacity=CAP, column_capacity=COL_CAP if with_column else None)
 
 
-_remove_jit = jax.jit(jp.remove_synapses)
-_add_jit = jax.jit(jp.add_synapses)
-_prune_jit = jax.jit(lambda conn, threshold, key: jp.update_rows(conn, prune_below(threshold), key))
+_remove_jit = jax.jit(jp.remove_synapses, static_argnames="impl")
+_add_jit = jax.jit(jp.add_synapses, static_argnames="impl")
+_prune_jit = jax.jit(
+    lambda conn, threshold, key, impl: jp.update_rows(conn, prune_below(threshold), key, impl=impl),
+    static_argnames="impl",
+)
+
+# Both implementations of the primitives: XLA everywhere, the native kernels on a CPU.
+IMPLS = [
+    "xla",
+    pytest.param(
+        "native",
+        marks=pytest.mark.skipif(
+            not native.available() or jax.default_backend() != "cpu",
+            reason="native kernels not built, or the default device is not a CPU",
+        ),
+    ),
+]
 _propagate_jit = jax.jit(jp.propagate)
 
 
@@ -116,9 +132,10 @@ ops = st.lists(
 )
 
 
+@pytest.mark.parametrize("impl", IMPLS)
 @settings(max_examples=15)
 @given(st.integers(0, 1000), ops, st.booleans())
-def test_random_edit_sequences_match_edge_model(seed, operations, with_column):
+def test_random_edit_sequences_match_edge_model(impl, seed, operations, with_column):
     conn = _initial(seed, with_column)
     model = EdgeModel(conn)
     for op, op_seed in operations:
@@ -130,7 +147,7 @@ def test_random_edit_sequences_match_edge_model(seed, operations, with_column):
                 (i, int(post[i, s]))
                 for i, s in zip(*np.nonzero(mask & (post != N_POST)), strict=True)
             ]
-            conn, info = _remove_jit(conn, jnp.asarray(mask))
+            conn, info = _remove_jit(conn, jnp.asarray(mask), impl=impl)
             model.remove(pairs)
             assert int(info.removed) == len(pairs)
             assert int(info.changed.sum()) == len(pairs)
@@ -141,7 +158,7 @@ def test_random_edit_sequences_match_edge_model(seed, operations, with_column):
             targets = rng.integers(0, N_POST + 2, size=k).astype(np.int32)
             weights = rng.uniform(0.1, 1.0, size=k).astype(np.float32)
             before = np.asarray(conn.post).copy()
-            conn, info = _add_jit(conn, rows, targets, {"weight": jnp.asarray(weights)})
+            conn, info = _add_jit(conn, rows, targets, {"weight": jnp.asarray(weights)}, impl=impl)
             counts = model.add(rows, targets, weights)
             assert int(info.added) == counts["added"]
             assert int(info.refused_duplicate) == counts["dup"]
@@ -155,7 +172,7 @@ def test_random_edit_sequences_match_edge_model(seed, operations, with_column):
         else:
             threshold = float(rng.uniform(0.1, 0.6))
             pruned = [pair for pair, w in model.edges.items() if abs(w) < threshold]
-            conn, info = _prune_jit(conn, threshold, jr.key(op_seed))
+            conn, info = _prune_jit(conn, threshold, jr.key(op_seed), impl)
             model.remove(pruned)
             assert int(info.removed) == len(pruned)
         conn = _recheck(conn)
@@ -239,6 +256,24 @@ def test_add_refusals_by_cause():
     expected = np.array([[1, 1, 0], [1, 1, 0], [0, 0, 1]], np.float32)
     np.testing.assert_array_equal(np.asarray(new.to_dense() != 0), expected != 0)
     _recheck(new)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_repeat_of_a_refused_proposal_behind_out_of_range_ones(impl):
+    # Row 0 is full, and more than the pairwise window of proposals name it, so repeats are
+    # found by sorting. Out-of-range proposals (kept at row 0, target 0 internally) lie
+    # between the two 0 -> 0: the second is still a repeat of the first (both are refused,
+    # the first because the row is full). The XLA version once counted it as "row full".
+    conn = jp.from_edges([0, 0], [1, 2], n_pre=2, n_post=4, capacity=2)
+    rows = jnp.array([0] + [-1] * 10 + [0] + [0] * 3, jnp.int32)
+    targets = jnp.array([0] + [0] * 10 + [0] + [3] * 3, jnp.int32)
+    _, info = jp.add_synapses(conn, rows, targets, impl=impl)
+    model = EdgeModel(conn)
+    counts = model.add(np.asarray(rows), np.asarray(targets), np.zeros(15, np.float32))
+    assert counts == dict(dup=3, row=2, col=0, oor=10, added=0)
+    assert int(info.refused_duplicate) == counts["dup"]
+    assert int(info.refused_row_full) == counts["row"]
+    assert int(info.refused_out_of_range) == counts["oor"]
 
 
 def test_greedy_acceptance_in_order_under_contention():

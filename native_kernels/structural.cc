@@ -1,0 +1,390 @@
+// Native CPU kernels (XLA FFI custom calls) for jaxplastic's structural primitives.
+//
+// remove_synapses and add_synapses as plain loops: O(changed) writes into buffers that XLA
+// aliases to the outputs (in place when the projection is donated or a loop carry), instead
+// of the data-parallel passes over whole arrays that the XLA versions need. Their references
+// are the XLA implementations in jaxplastic/_structural.py; results are identical bit for bit.
+//
+// Layouts (batched over any leading dimensions, one independent projection per batch entry):
+//   post [..., n_pre, cap]           target per slot, n_post = free
+//   position [..., n_pre, cap]       column position per slot, col_cap = free
+//   pre_slot [..., n_post, col_cap]  flat slot per column entry, n_pre * cap = free
+//   per-synapse variables [..., n_pre, cap] of any dtype; zero in a free slot.
+
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
+
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+// Proposal outcomes, as in jaxplastic._native.
+enum Status : int8_t {
+  kAccepted = 0,
+  kDuplicate = 1,
+  kRowFull = 2,
+  kColumnFull = 3,
+  kOutOfRange = 4,
+  kNone = 5,
+};
+
+int64_t Count(const ffi::AnyBuffer& b) { return static_cast<int64_t>(b.element_count()); }
+
+size_t Width(const ffi::AnyBuffer& b) { return ffi::ByteWidth(b.element_type()); }
+
+char* Bytes(const ffi::AnyBuffer& b) { return static_cast<char*>(b.untyped_data()); }
+
+ffi::Error Shape2(const ffi::AnyBuffer& b, int64_t* rows, int64_t* cols) {
+  auto dims = b.dimensions();
+  if (dims.size() < 2) return ffi::Error::InvalidArgument("expected an array of rank >= 2");
+  *rows = dims[dims.size() - 2];
+  *cols = dims[dims.size() - 1];
+  return ffi::Error::Success();
+}
+
+// Views of the (aliased) output buffers: XLA has already copied each input into its output
+// when it could not reuse the input's buffer.
+struct Projection {
+  int64_t n_pre = 0, cap = 0, n_post = 0, col_cap = 0, batch = 0;
+  bool column = false;
+  char* post = nullptr;
+  char* position = nullptr;
+  char* pre_slot = nullptr;
+  std::vector<char*> vars;
+  std::vector<size_t> widths;
+};
+
+template <typename I>
+void RemoveOne(const Projection& p, int64_t b, const bool* mask, bool* removed) {
+  const int64_t slots = p.n_pre * p.cap;
+  I* post = reinterpret_cast<I*>(p.post) + b * slots;
+  I* position = p.column ? reinterpret_cast<I*>(p.position) + b * slots : nullptr;
+  I* pre_slot = p.column ? reinterpret_cast<I*>(p.pre_slot) + b * p.n_post * p.col_cap : nullptr;
+  mask += b * slots;
+  removed += b * slots;
+  const I n_post = static_cast<I>(p.n_post);
+  const I sentinel = static_cast<I>(slots);
+  std::memset(removed, 0, slots);
+  int64_t s = 0;
+  // Eight mask bytes at a time: most words are all False.
+  for (; s + 8 <= slots; s += 8) {
+    uint64_t word;
+    std::memcpy(&word, mask + s, 8);
+    if (word == 0) continue;
+    for (int64_t e = s; e < s + 8; ++e) {
+      if (!mask[e] || post[e] == n_post) continue;
+      removed[e] = true;
+      if (p.column) {
+        pre_slot[static_cast<int64_t>(post[e]) * p.col_cap + position[e]] = sentinel;
+        position[e] = static_cast<I>(p.col_cap);
+      }
+      post[e] = n_post;
+      for (size_t v = 0; v < p.vars.size(); ++v) {
+        std::memset(p.vars[v] + (b * slots + e) * p.widths[v], 0, p.widths[v]);
+      }
+    }
+  }
+  for (; s < slots; ++s) {
+    if (!mask[s] || post[s] == n_post) continue;
+    removed[s] = true;
+    if (p.column) {
+      pre_slot[static_cast<int64_t>(post[s]) * p.col_cap + position[s]] = sentinel;
+      position[s] = static_cast<I>(p.col_cap);
+    }
+    post[s] = n_post;
+    for (size_t v = 0; v < p.vars.size(); ++v) {
+      std::memset(p.vars[v] + (b * slots + s) * p.widths[v], 0, p.widths[v]);
+    }
+  }
+}
+
+// Index of the first entry of x[0, n) equal to value, or -1.
+template <typename I>
+inline int64_t FindFirst(const I* x, int64_t n, I value) {
+  for (int64_t i = 0; i < n; ++i) {
+    if (x[i] == value) return i;
+  }
+  return -1;
+}
+
+#ifdef __SSE2__
+// Sixteen int32 compared per branch.
+template <>
+inline int64_t FindFirst<int32_t>(const int32_t* x, int64_t n, int32_t value) {
+  const __m128i v = _mm_set1_epi32(value);
+  int64_t start = 0;
+  for (; start + 16 <= n; start += 16) {
+    const __m128i* p = reinterpret_cast<const __m128i*>(x + start);
+    const int bits =
+        _mm_movemask_ps(_mm_castsi128_ps(_mm_cmpeq_epi32(_mm_loadu_si128(p), v))) |
+        _mm_movemask_ps(_mm_castsi128_ps(_mm_cmpeq_epi32(_mm_loadu_si128(p + 1), v))) << 4 |
+        _mm_movemask_ps(_mm_castsi128_ps(_mm_cmpeq_epi32(_mm_loadu_si128(p + 2), v))) << 8 |
+        _mm_movemask_ps(_mm_castsi128_ps(_mm_cmpeq_epi32(_mm_loadu_si128(p + 3), v))) << 12;
+    if (bits != 0) return start + __builtin_ctz(bits);
+  }
+  for (; start < n; ++start) {
+    if (x[start] == value) return start;
+  }
+  return -1;
+}
+#endif
+
+// Greedy in proposal order: a proposal is refused if out of range, if its target is already
+// in the row or repeats an earlier in-range proposal of the row, if its row has no free slot,
+// or (with a column view) if its column has no free entry; otherwise it takes the row's
+// lowest free slot and the column's lowest free entry.
+template <typename I>
+void AddOne(const Projection& p, int64_t b, int64_t k, const I* rows, const I* targets,
+            const std::vector<const char*>& values, bool* changed, int8_t* status,
+            int32_t* counts) {
+  const int64_t slots = p.n_pre * p.cap;
+  I* post = reinterpret_cast<I*>(p.post) + b * slots;
+  I* position = p.column ? reinterpret_cast<I*>(p.position) + b * slots : nullptr;
+  I* pre_slot = p.column ? reinterpret_cast<I*>(p.pre_slot) + b * p.n_post * p.col_cap : nullptr;
+  rows += b * k;
+  targets += b * k;
+  changed += b * slots;
+  status += b * k;
+  counts += b * 5;
+  const I n_post = static_cast<I>(p.n_post);
+  const I sentinel = static_cast<I>(slots);
+  for (int c = 0; c < 5; ++c) counts[c] = 0;
+  // Earlier in-range proposals of each row, as chains: head[row] -> previous[i] -> ...
+  std::vector<int64_t> head(p.n_pre, -1), previous(k, -1);
+  // Rows that refused a proposal for lack of room: only there can a repeated proposal be
+  // missing from the row (elsewhere the row scan finds it).
+  std::vector<bool> short_of_room(p.n_pre, false);
+  // Each proposal reads one row and one column at random: fetch them a few proposals ahead.
+  constexpr int64_t kAhead = 8;
+  auto prefetch = [&](int64_t j) {
+    const I r = rows[j], t = targets[j];
+    if (r < 0 || r >= static_cast<I>(p.n_pre) || t < 0 || t >= n_post) return;
+    const char* row = reinterpret_cast<const char*>(post + static_cast<int64_t>(r) * p.cap);
+    for (int64_t byte = 0; byte < p.cap * static_cast<int64_t>(sizeof(I)); byte += 64) {
+      __builtin_prefetch(row + byte, 1);
+    }
+    if (p.column) {
+      const char* col =
+          reinterpret_cast<const char*>(pre_slot + static_cast<int64_t>(t) * p.col_cap);
+      for (int64_t byte = 0; byte < p.col_cap * static_cast<int64_t>(sizeof(I)); byte += 64) {
+        __builtin_prefetch(col + byte, 1);
+      }
+    }
+  };
+  for (int64_t j = 0; j < kAhead && j < k; ++j) prefetch(j);
+  for (int64_t i = 0; i < k; ++i) {
+    if (i + kAhead < k) prefetch(i + kAhead);
+    const I t = targets[i], r = rows[i];
+    if (t == n_post) {
+      status[i] = kNone;
+      continue;
+    }
+    if (r < 0 || r >= static_cast<I>(p.n_pre) || t < 0 || t >= n_post) {
+      status[i] = kOutOfRange;
+      ++counts[4];
+      continue;
+    }
+    bool duplicate = false;
+    if (short_of_room[r]) {
+      for (int64_t j = head[r]; j >= 0 && !duplicate; j = previous[j]) duplicate = targets[j] == t;
+    }
+    previous[i] = head[r];
+    head[r] = i;
+    I* row = post + static_cast<int64_t>(r) * p.cap;
+    int hits = 0;  // a branch-free comparison over the whole row vectorizes
+    for (int64_t s = 0; s < p.cap; ++s) hits += row[s] == t;
+    duplicate = duplicate || hits != 0;
+    const int64_t free = duplicate ? -1 : FindFirst(row, p.cap, n_post);
+    if (duplicate) {
+      status[i] = kDuplicate;
+      ++counts[1];
+      continue;
+    }
+    if (free < 0) {
+      status[i] = kRowFull;
+      ++counts[2];
+      short_of_room[r] = true;
+      continue;
+    }
+    int64_t entry = -1;
+    if (p.column) {
+      I* col = pre_slot + static_cast<int64_t>(t) * p.col_cap;
+      entry = FindFirst(col, p.col_cap, sentinel);
+      if (entry < 0) {
+        status[i] = kColumnFull;
+        ++counts[3];
+        short_of_room[r] = true;
+        continue;
+      }
+      col[entry] = static_cast<I>(static_cast<int64_t>(r) * p.cap + free);
+    }
+    const int64_t slot = static_cast<int64_t>(r) * p.cap + free;
+    row[free] = t;
+    if (p.column) position[slot] = static_cast<I>(entry);
+    changed[slot] = true;
+    for (size_t v = 0; v < p.vars.size(); ++v) {
+      std::memcpy(p.vars[v] + (b * slots + slot) * p.widths[v],
+                  values[v] + (b * k + i) * p.widths[v], p.widths[v]);
+    }
+    status[i] = kAccepted;
+    ++counts[0];
+  }
+}
+
+// Reads the projection from the results: post, then position and pre_slot (with a column
+// view), then the per-synapse variables.
+ffi::Error ReadProjection(const ffi::RemainingRets& rets, size_t first, size_t n_vars,
+                          int64_t n_post, bool column, Projection* p) {
+  auto post = rets.get<ffi::AnyBuffer>(first);
+  if (post.has_error()) return post.error();
+  const ffi::AnyBuffer& post_buf = **post;
+  if (auto e = Shape2(post_buf, &p->n_pre, &p->cap); e.failure()) return e;
+  p->n_post = n_post;
+  p->column = column;
+  p->post = Bytes(post_buf);
+  p->batch = p->n_pre * p->cap == 0 ? 0 : Count(post_buf) / (p->n_pre * p->cap);
+  size_t next = first + 1;
+  if (column) {
+    auto position = rets.get<ffi::AnyBuffer>(next++);
+    auto pre_slot = rets.get<ffi::AnyBuffer>(next++);
+    if (position.has_error()) return position.error();
+    if (pre_slot.has_error()) return pre_slot.error();
+    int64_t col_rows = 0;
+    if (auto e = Shape2(**pre_slot, &col_rows, &p->col_cap); e.failure()) return e;
+    p->position = Bytes(**position);
+    p->pre_slot = Bytes(**pre_slot);
+  }
+  for (size_t v = 0; v < n_vars; ++v) {
+    auto var = rets.get<ffi::AnyBuffer>(next++);
+    if (var.has_error()) return var.error();
+    p->vars.push_back(Bytes(**var));
+    p->widths.push_back(Width(**var));
+  }
+  return ffi::Error::Success();
+}
+
+// Args: mask, post, [position, pre_slot], vars...   Rets: removed, post, [position, pre_slot],
+// vars... (each projection argument aliased to its result).
+ffi::Error RemoveImpl(ffi::RemainingArgs args, ffi::RemainingRets rets, int64_t n_post,
+                      bool column) {
+  const size_t n_fixed = column ? 4 : 2;
+  if (args.size() < n_fixed || rets.size() != args.size()) {
+    return ffi::Error::InvalidArgument("jaxplastic_remove: wrong number of operands");
+  }
+  auto mask = args.get<ffi::AnyBuffer>(0);
+  auto removed = rets.get<ffi::AnyBuffer>(0);
+  auto post_in = args.get<ffi::AnyBuffer>(1);
+  if (mask.has_error()) return mask.error();
+  if (removed.has_error()) return removed.error();
+  if (post_in.has_error()) return post_in.error();
+  Projection p;
+  if (auto e = ReadProjection(rets, 1, args.size() - n_fixed, n_post, column, &p); e.failure()) {
+    return e;
+  }
+  const bool* m = static_cast<const bool*>(mask->untyped_data());
+  bool* out = static_cast<bool*>((*removed)->untyped_data());
+  const bool wide = post_in->element_type() == ffi::DataType::S64;
+  if (!wide && post_in->element_type() != ffi::DataType::S32) {
+    return ffi::Error::InvalidArgument("jaxplastic_remove: post must be int32 or int64");
+  }
+  for (int64_t b = 0; b < p.batch; ++b) {
+    if (wide) {
+      RemoveOne<int64_t>(p, b, m, out);
+    } else {
+      RemoveOne<int32_t>(p, b, m, out);
+    }
+  }
+  return ffi::Error::Success();
+}
+
+// Args: rows, targets, post, changed, [position, pre_slot], vars..., values...
+// Rets: status, counts, post, changed, [position, pre_slot], vars... (aliased).
+ffi::Error AddImpl(ffi::RemainingArgs args, ffi::RemainingRets rets, int64_t n_post,
+                   bool column) {
+  const size_t n_fixed = column ? 6 : 4;
+  if (args.size() < n_fixed || (args.size() - n_fixed) % 2 != 0 ||
+      rets.size() != n_fixed + (args.size() - n_fixed) / 2) {
+    return ffi::Error::InvalidArgument("jaxplastic_add: wrong number of operands");
+  }
+  const size_t n_vars = (args.size() - n_fixed) / 2;
+  auto rows = args.get<ffi::AnyBuffer>(0);
+  auto targets = args.get<ffi::AnyBuffer>(1);
+  auto status = rets.get<ffi::AnyBuffer>(0);
+  auto counts = rets.get<ffi::AnyBuffer>(1);
+  auto changed = rets.get<ffi::AnyBuffer>(3);
+  if (rows.has_error()) return rows.error();
+  if (targets.has_error()) return targets.error();
+  if (status.has_error()) return status.error();
+  if (counts.has_error()) return counts.error();
+  if (changed.has_error()) return changed.error();
+  Projection p;
+  // The projection's results: post (2), then [position, pre_slot], then the variables; the
+  // `changed` result (3) sits between post and the column view.
+  auto post = rets.get<ffi::AnyBuffer>(2);
+  if (post.has_error()) return post.error();
+  if (auto e = Shape2(**post, &p.n_pre, &p.cap); e.failure()) return e;
+  p.n_post = n_post;
+  p.column = column;
+  p.post = Bytes(**post);
+  p.batch = p.n_pre * p.cap == 0 ? 0 : Count(**post) / (p.n_pre * p.cap);
+  size_t next = 4;
+  if (column) {
+    auto position = rets.get<ffi::AnyBuffer>(next++);
+    auto pre_slot = rets.get<ffi::AnyBuffer>(next++);
+    if (position.has_error()) return position.error();
+    if (pre_slot.has_error()) return pre_slot.error();
+    int64_t col_rows = 0;
+    if (auto e = Shape2(**pre_slot, &col_rows, &p.col_cap); e.failure()) return e;
+    p.position = Bytes(**position);
+    p.pre_slot = Bytes(**pre_slot);
+  }
+  std::vector<const char*> values;
+  for (size_t v = 0; v < n_vars; ++v) {
+    auto var = rets.get<ffi::AnyBuffer>(next + v);
+    auto value = args.get<ffi::AnyBuffer>(next + n_vars + v);
+    if (var.has_error()) return var.error();
+    if (value.has_error()) return value.error();
+    p.vars.push_back(Bytes(**var));
+    p.widths.push_back(Width(**var));
+    values.push_back(Bytes(*value));
+  }
+  auto dims = rows->dimensions();
+  const int64_t k = dims.size() == 0 ? 1 : dims[dims.size() - 1];
+  const bool wide = rows->element_type() == ffi::DataType::S64;
+  for (int64_t b = 0; b < p.batch; ++b) {
+    bool* ch = static_cast<bool*>((*changed)->untyped_data());
+    int8_t* st = static_cast<int8_t*>((*status)->untyped_data());
+    int32_t* cn = static_cast<int32_t*>((*counts)->untyped_data());
+    if (wide) {
+      AddOne<int64_t>(p, b, k, static_cast<const int64_t*>(rows->untyped_data()),
+                      static_cast<const int64_t*>(targets->untyped_data()), values, ch, st, cn);
+    } else {
+      AddOne<int32_t>(p, b, k, static_cast<const int32_t*>(rows->untyped_data()),
+                      static_cast<const int32_t*>(targets->untyped_data()), values, ch, st, cn);
+    }
+  }
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxplasticRemove, RemoveImpl,
+                              ffi::Ffi::Bind()
+                                  .RemainingArgs()
+                                  .RemainingRets()
+                                  .Attr<int64_t>("n_post")
+                                  .Attr<bool>("column"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxplasticAdd, AddImpl,
+                              ffi::Ffi::Bind()
+                                  .RemainingArgs()
+                                  .RemainingRets()
+                                  .Attr<int64_t>("n_post")
+                                  .Attr<bool>("column"));

@@ -1,0 +1,139 @@
+"""Native CPU kernels for removing and adding synapses (XLA FFI custom calls).
+
+The kernels in ``structural.cc`` walk the changed synapses one by one and write only there,
+into buffers that XLA aliases to the outputs: in place when the projection is donated or a
+loop carry. Their references are the data-parallel XLA versions in ``jaxplastic`` (the
+primitives ``remove_synapses`` and ``add_synapses``); the results are identical bit for bit.
+
+The shared library is compiled when the package is built (``hatch_build.py``); where no C++
+compiler was available, :func:`available` is False and jaxplastic uses its XLA versions.
+Both kernels take any leading batch dimensions (``vmap``: one projection per entry).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+LIBRARY = Path(__file__).with_name("libjaxplastic_structural.so")
+
+# Outcome of each proposal of `add`, as written by the kernel.
+ACCEPTED, DUPLICATE, ROW_FULL, COLUMN_FULL, OUT_OF_RANGE, NONE = range(6)
+
+
+@functools.cache
+def load_error() -> str | None:
+    """Loads the compiled library and registers its targets (once); None if that worked,
+    else why not."""
+    if not LIBRARY.exists():
+        return (
+            f"{LIBRARY.name} is missing: jaxplastic was installed without a C++ compiler "
+            "(reinstall it on a machine with one)"
+        )
+    try:
+        lib = ctypes.cdll.LoadLibrary(str(LIBRARY))
+    except OSError as e:  # built for another machine or C++ runtime
+        return f"{LIBRARY.name} does not load here: {e}"
+    for name in ("JaxplasticRemove", "JaxplasticAdd"):
+        jax.ffi.register_ffi_target(
+            f"jaxplastic_{name[len('Jaxplastic') :].lower()}",
+            jax.ffi.pycapsule(getattr(lib, name)),
+            platform="cpu",
+        )
+    return None
+
+
+def available() -> bool:
+    """Whether the native kernels can be used (the library is built and loads)."""
+    return load_error() is None
+
+
+def _require() -> None:
+    if not available():
+        raise RuntimeError(f"the native structural kernels are unavailable: {load_error()}")
+
+
+def _like(x: jax.Array) -> jax.ShapeDtypeStruct:
+    return jax.ShapeDtypeStruct(x.shape, x.dtype)
+
+
+def remove(
+    post: jax.Array,
+    column: tuple[jax.Array, jax.Array] | None,
+    synapses: dict[str, jax.Array],
+    mask: jax.Array,
+    n_post: int,
+) -> tuple[jax.Array, jax.Array, tuple[jax.Array, jax.Array] | None, dict[str, jax.Array]]:
+    """Frees the live slots under ``mask``; returns ``(removed, post, column, synapses)``.
+
+    ``post``, ``mask`` and each synapse variable are ``[..., pre, cap]``; ``column`` is
+    ``(pre_slot [..., post, col_cap], position [..., pre, cap])`` or None. A freed slot gets
+    target ``n_post``, zero in every variable, and is unlinked from its column.
+    """
+    _require()
+    names = list(synapses)
+    proj = [post, *([] if column is None else [column[1], column[0]])]
+    proj += [synapses[n] for n in names]
+    operands = [mask, *proj]
+    results = [jax.ShapeDtypeStruct(mask.shape, jnp.bool_), *map(_like, proj)]
+    out = jax.ffi.ffi_call(
+        "jaxplastic_remove",
+        results,
+        vmap_method="broadcast_all",
+        input_output_aliases={i: i for i in range(1, len(operands))},
+    )(*operands, n_post=np.int64(n_post), column=column is not None)
+    removed, post = out[0], out[1]
+    rest = out[2:]
+    if column is not None:
+        column, rest = (rest[1], rest[0]), rest[2:]
+    return removed, post, column, dict(zip(names, rest, strict=True))
+
+
+def add(
+    post: jax.Array,
+    column: tuple[jax.Array, jax.Array] | None,
+    synapses: dict[str, jax.Array],
+    changed: jax.Array,
+    rows: jax.Array,
+    targets: jax.Array,
+    values: dict[str, jax.Array],
+    n_post: int,
+) -> tuple[jax.Array, jax.Array, jax.Array, tuple[jax.Array, jax.Array] | None, dict]:
+    """Adds proposals ``(rows[e], targets[e])`` greedily in order.
+
+    ``rows`` and ``targets`` are ``[..., k]`` of ``post``'s dtype (target ``n_post``: no
+    proposal); ``values`` maps some variables to their ``[..., k]`` initial values (the
+    others stay zero). Returns ``(status, counts, post, changed, column, synapses)``:
+    ``status`` ``int8[..., k]`` (:data:`ACCEPTED` ... :data:`NONE`), ``counts``
+    ``int32[..., 5]`` (added, duplicate, row full, column full, out of range) and ``changed``
+    with the new slots set.
+    """
+    _require()
+    names = [n for n in synapses if n in values]
+    proj = [post, changed, *([] if column is None else [column[1], column[0]])]
+    proj += [synapses[n] for n in names]
+    operands = [rows, targets, *proj, *(values[n] for n in names)]
+    batch = rows.shape[:-1]
+    results = [
+        jax.ShapeDtypeStruct(rows.shape, jnp.int8),
+        jax.ShapeDtypeStruct((*batch, 5), jnp.int32),
+        *map(_like, proj),
+    ]
+    out = jax.ffi.ffi_call(
+        "jaxplastic_add",
+        results,
+        vmap_method="broadcast_all",
+        input_output_aliases={2 + i: 2 + i for i in range(len(proj))},
+    )(*operands, n_post=np.int64(n_post), column=column is not None)
+    status, counts, post, changed = out[:4]
+    rest = out[4:]
+    if column is not None:
+        column, rest = (rest[1], rest[0]), rest[2:]
+    new = dict(synapses)
+    new.update(zip(names, rest, strict=True))
+    return status, counts, post, changed, column, new

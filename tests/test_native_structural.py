@@ -1,0 +1,185 @@
+"""The native CPU kernels of the structural primitives against their XLA references.
+
+Both implementations must give the same projection, the same ``changed`` mask and the same
+counts, bit for bit, on random states with heavy contention (repeated proposals, full rows
+and columns, out-of-range entries), alone, inside ``update_rows``, and under ``vmap``.
+"""
+
+import shutil
+
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+import jaxplastic as jp
+from native_kernels import structural as native
+
+from .examples.rules import grow_random, prune_below
+
+# The kernels are CPU custom calls: where the default device is a GPU, jit places the
+# programs there and impl="native" cannot lower.
+built = pytest.mark.skipif(
+    not native.available() or jax.default_backend() != "cpu",
+    reason="native kernels not built, or the default device is not a CPU",
+)
+
+
+def test_library_is_built_where_a_compiler_exists():
+    if not any(shutil.which(c) for c in ("c++", "g++", "clang++")):
+        pytest.skip("no C++ compiler on this machine")
+    assert native.available(), native.load_error()
+
+
+def _state(seed, n_pre, n_post, cap, col_cap, fill):
+    rng = np.random.default_rng(seed)
+    dense = np.zeros((n_pre, n_post), np.float32)
+    for i in range(n_pre):
+        k = rng.integers(0, min(fill, n_post) + 1)
+        cols = rng.choice(n_post, size=k, replace=False)
+        dense[i, cols] = rng.uniform(0.1, 1.0, size=k)
+    if col_cap is not None:
+        for j in range(n_post):
+            dense[np.nonzero(dense[:, j])[0][col_cap:], j] = 0
+    conn = jp.from_dense(dense, capacity=cap, column_capacity=col_cap)
+    # A second variable of another dtype, zero in free slots.
+    tag = jnp.where(conn.alive, jnp.arange(conn.post.size).reshape(conn.post.shape), 0)
+    return jp.RaggedConnectivity(
+        conn.post, {**conn.synapses, "tag": tag.astype(jnp.int16)}, conn.column, conn.n_post
+    )
+
+
+def _assert_same(a, b):
+    la, ta = jax.tree.flatten(a)
+    lb, tb = jax.tree.flatten(b)
+    assert ta == tb
+    for x, y in zip(la, lb, strict=True):
+        assert x.dtype == y.dtype
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+_remove = jax.jit(jp.remove_synapses, static_argnames="impl")
+_add = jax.jit(jp.add_synapses, static_argnames="impl")
+shapes = st.sampled_from([(9, 7, 4, 5), (30, 50, 12, 9), (64, 40, 8, None), (5, 300, 40, 3)])
+
+
+@built
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 2**31), shapes, st.floats(0.0, 1.0), st.integers(0, 400))
+def test_remove_and_add_equal_the_xla_versions(seed, shape, p_remove, k):
+    n_pre, n_post, cap, col_cap = shape
+    conn = _state(seed, n_pre, n_post, cap, col_cap, fill=cap)
+    rng = np.random.default_rng(seed + 1)
+    mask = jnp.asarray(rng.random(conn.post.shape) < p_remove)
+    out = {impl: _remove(conn, mask, impl=impl) for impl in ("xla", "native")}
+    _assert_same(out["native"], out["xla"])
+    conn = out["xla"][0]
+    # Few distinct rows and targets: repeats, full rows and full columns are common.
+    rows = rng.integers(-1, min(n_pre, 6) + 1, k).astype(np.int32)
+    targets = rng.integers(-1, min(n_post, 8) + 2, k).astype(np.int32)
+    targets[rng.random(k) < 0.2] = n_post  # no proposal
+    values = {
+        "weight": jnp.asarray(rng.normal(size=k), jnp.float32),
+        "tag": jnp.asarray(rng.integers(1, 100, k), jnp.int16),
+    }
+    out = {impl: _add(conn, rows, targets, values, impl=impl) for impl in ("xla", "native")}
+    _assert_same(out["native"], out["xla"])
+    info = out["native"][1]
+    assert int(info.added) + int(info.refused) <= k
+
+
+@built
+@pytest.mark.parametrize("with_column", [True, False])
+def test_update_rows_equals_the_xla_version(with_column):
+    conn = _state(3, 40, 30, 10, 16 if with_column else None, fill=9)
+
+    def step(conn, key, impl):
+        conn, a = jp.update_rows(conn, prune_below(0.5), key, impl=impl)
+        conn, b = jp.update_rows(conn, grow_random(6, 0.5, 0.3), key, impl=impl)
+        return conn, a.merge(b)
+
+    step = jax.jit(step, static_argnames="impl")
+    for seed in range(3):
+        out = {impl: step(conn, jr.key(seed), impl) for impl in ("xla", "native")}
+        _assert_same(out["native"], out["xla"])
+        assert int(out["native"][1].added) > 0
+        conn = out["native"][0]
+
+
+@built
+def test_vmap_over_networks_equals_the_xla_version():
+    conns = [_state(s, 12, 9, 5, 6, fill=5) for s in range(4)]
+    batch = jax.tree.map(lambda *x: jnp.stack(x), *conns)
+    rng = np.random.default_rng(0)
+    mask = jnp.asarray(rng.random((4, 12, 5)) < 0.3)
+    rows = jnp.asarray(rng.integers(0, 12, (4, 30)), jnp.int32)
+    targets = jnp.asarray(rng.integers(0, 9, (4, 30)), jnp.int32)
+    weight = jnp.asarray(rng.normal(size=(4, 30)), jnp.float32)
+
+    def step(conn, mask, rows, targets, weight, impl):
+        conn, removed = jp.remove_synapses(conn, mask, impl=impl)
+        conn, added = jp.add_synapses(conn, rows, targets, {"weight": weight}, impl=impl)
+        return conn, removed.merge(added)
+
+    out = {
+        impl: jax.jit(jax.vmap(lambda *a, impl=impl: step(*a, impl)))(
+            batch, mask, rows, targets, weight
+        )
+        for impl in ("xla", "native")
+    }
+    _assert_same(out["native"], out["xla"])
+    # Each network on its own gives the same result as its slice of the batch.
+    for b, conn in enumerate(conns):
+        alone = step(conn, mask[b], rows[b], targets[b], weight[b], "native")
+        _assert_same(alone, jax.tree.map(lambda x, b=b: x[b], out["native"]))
+
+
+@built
+def test_native_under_donation_equals_the_xla_version():
+    conn = _state(5, 50, 60, 8, 12, fill=8)
+    mask = jnp.asarray(np.random.default_rng(1).random(conn.post.shape) < 0.2)
+    expected = _remove(conn, mask, impl="xla")
+    donated = jax.jit(jp.remove_synapses, donate_argnums=0, static_argnames="impl")
+    got = donated(jax.tree.map(jnp.copy, conn), mask, impl="native")
+    _assert_same(got, expected)
+
+
+def _custom_call_targets(fn, *args, platform):
+    lowered = jax.jit(fn).trace(*args).lower(lowering_platforms=(platform,))
+    text = lowered.as_text()
+    return {t for t in ("jaxplastic_remove", "jaxplastic_add") if t in text}
+
+
+@built
+def test_auto_takes_the_native_kernels_on_cpu_only():
+    conn = _state(0, 9, 7, 4, 5, fill=3)
+    mask = jnp.zeros(conn.post.shape, bool)
+    rows, targets = jnp.array([1, 2]), jnp.array([3, 4])
+
+    def step(conn, impl):
+        conn, _ = jp.remove_synapses(conn, mask, impl=impl)
+        return jp.add_synapses(conn, rows, targets, impl=impl)
+
+    assert _custom_call_targets(lambda c: step(c, "auto"), conn, platform="cpu") == {
+        "jaxplastic_remove",
+        "jaxplastic_add",
+    }
+    assert _custom_call_targets(lambda c: step(c, "xla"), conn, platform="cpu") == set()
+    # A program lowered for a GPU holds no CPU custom call.
+    assert _custom_call_targets(lambda c: step(c, "auto"), conn, platform="cuda") == set()
+
+
+def test_impl_argument_is_checked():
+    conn = _state(0, 9, 7, 4, 5, fill=3)
+    mask = jnp.zeros(conn.post.shape, bool)
+    with pytest.raises(ValueError, match="impl"):
+        jp.remove_synapses(conn, mask, impl="fast")
+    narrow = jp.RaggedConnectivity(conn.post.astype(jnp.int16), conn.synapses, None, conn.n_post)
+    if native.available():
+        with pytest.raises(ValueError, match="int32 or int64"):
+            jp.remove_synapses(narrow, mask, impl="native")
+    # "auto" falls back to XLA where the native kernels do not fit.
+    new, info = jp.remove_synapses(narrow, mask)
+    assert int(info.removed) == 0 and new.post.dtype == jnp.int16
