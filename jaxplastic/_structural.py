@@ -318,11 +318,11 @@ def remove_synapses(
 def _remove_native(
     conn: RaggedConnectivity, mask: Bool[Array, "pre cap"]
 ) -> tuple[RaggedConnectivity, RewireInfo]:
-    removed, post, column, synapses = _native.remove(
+    removed, count, post, column, synapses = _native.remove(
         conn.post, _column_pair(conn), conn.synapses, mask, conn.n_post
     )
     z = _zero_count()
-    return _with(conn, post, column, synapses), RewireInfo(removed, _count(removed), z, z, z, z, z)
+    return _with(conn, post, column, synapses), RewireInfo(removed, count, z, z, z, z, z)
 
 
 def _remove_xla(

@@ -61,8 +61,40 @@ struct Projection {
   std::vector<size_t> widths;
 };
 
+// Zeroes (or copies) one element of `width` bytes; the usual widths without a library call.
+inline void ZeroElement(char* x, size_t width) {
+  switch (width) {
+    case 4: {
+      const uint32_t zero = 0;
+      std::memcpy(x, &zero, 4);
+      return;
+    }
+    case 2: {
+      const uint16_t zero = 0;
+      std::memcpy(x, &zero, 2);
+      return;
+    }
+    default:
+      std::memset(x, 0, width);
+  }
+}
+
+inline void CopyElement(char* to, const char* from, size_t width) {
+  switch (width) {
+    case 4:
+      std::memcpy(to, from, 4);
+      return;
+    case 2:
+      std::memcpy(to, from, 2);
+      return;
+    default:
+      std::memcpy(to, from, width);
+  }
+}
+
+// Frees the live masked slots of batch entry b; returns how many.
 template <typename I>
-void RemoveOne(const Projection& p, int64_t b, const bool* mask, bool* removed) {
+int32_t RemoveOne(const Projection& p, int64_t b, const bool* mask, bool* removed) {
   const int64_t slots = p.n_pre * p.cap;
   I* post = reinterpret_cast<I*>(p.post) + b * slots;
   I* position = p.column ? reinterpret_cast<I*>(p.position) + b * slots : nullptr;
@@ -72,37 +104,39 @@ void RemoveOne(const Projection& p, int64_t b, const bool* mask, bool* removed) 
   const I n_post = static_cast<I>(p.n_post);
   const I sentinel = static_cast<I>(slots);
   std::memset(removed, 0, slots);
+  // Column entries to free, written after the row pass, a few ahead prefetched: they lie at
+  // random in the column view, and waiting for each would dominate.
+  std::vector<int64_t> unlink;
+  int32_t count = 0;
+  auto remove = [&](int64_t e) {
+    if (!mask[e] || post[e] == n_post) return;
+    removed[e] = true;
+    ++count;
+    if (p.column) {
+      unlink.push_back(static_cast<int64_t>(post[e]) * p.col_cap + position[e]);
+      position[e] = static_cast<I>(p.col_cap);
+    }
+    post[e] = n_post;
+    for (size_t v = 0; v < p.vars.size(); ++v) {
+      ZeroElement(p.vars[v] + (b * slots + e) * p.widths[v], p.widths[v]);
+    }
+  };
   int64_t s = 0;
   // Eight mask bytes at a time: most words are all False.
   for (; s + 8 <= slots; s += 8) {
     uint64_t word;
     std::memcpy(&word, mask + s, 8);
     if (word == 0) continue;
-    for (int64_t e = s; e < s + 8; ++e) {
-      if (!mask[e] || post[e] == n_post) continue;
-      removed[e] = true;
-      if (p.column) {
-        pre_slot[static_cast<int64_t>(post[e]) * p.col_cap + position[e]] = sentinel;
-        position[e] = static_cast<I>(p.col_cap);
-      }
-      post[e] = n_post;
-      for (size_t v = 0; v < p.vars.size(); ++v) {
-        std::memset(p.vars[v] + (b * slots + e) * p.widths[v], 0, p.widths[v]);
-      }
-    }
+    for (int64_t e = s; e < s + 8; ++e) remove(e);
   }
-  for (; s < slots; ++s) {
-    if (!mask[s] || post[s] == n_post) continue;
-    removed[s] = true;
-    if (p.column) {
-      pre_slot[static_cast<int64_t>(post[s]) * p.col_cap + position[s]] = sentinel;
-      position[s] = static_cast<I>(p.col_cap);
-    }
-    post[s] = n_post;
-    for (size_t v = 0; v < p.vars.size(); ++v) {
-      std::memset(p.vars[v] + (b * slots + s) * p.widths[v], 0, p.widths[v]);
-    }
+  for (; s < slots; ++s) remove(s);
+  constexpr size_t kAhead = 16;
+  const size_t n = unlink.size();
+  for (size_t i = 0; i < n; ++i) {
+    if (i + kAhead < n) __builtin_prefetch(pre_slot + unlink[i + kAhead], 1);
+    pre_slot[unlink[i]] = sentinel;
   }
+  return count;
 }
 
 // Index of the first entry of x[0, n) equal to value, or -1.
@@ -161,26 +195,21 @@ void AddOne(const Projection& p, int64_t b, int64_t k, const I* rows, const I* t
   // Rows that refused a proposal for lack of room: only there can a repeated proposal be
   // missing from the row (elsewhere the row scan finds it).
   std::vector<bool> short_of_room(p.n_pre, false);
-  // Each proposal reads one row and one column at random: fetch them a few proposals ahead.
-  constexpr int64_t kAhead = 8;
-  auto prefetch = [&](int64_t j) {
-    const I r = rows[j], t = targets[j];
-    if (r < 0 || r >= static_cast<I>(p.n_pre) || t < 0 || t >= n_post) return;
-    const char* row = reinterpret_cast<const char*>(post + static_cast<int64_t>(r) * p.cap);
-    for (int64_t byte = 0; byte < p.cap * static_cast<int64_t>(sizeof(I)); byte += 64) {
-      __builtin_prefetch(row + byte, 1);
-    }
-    if (p.column) {
-      const char* col =
-          reinterpret_cast<const char*>(pre_slot + static_cast<int64_t>(t) * p.col_cap);
-      for (int64_t byte = 0; byte < p.col_cap * static_cast<int64_t>(sizeof(I)); byte += 64) {
-        __builtin_prefetch(col + byte, 1);
-      }
-    }
-  };
-  for (int64_t j = 0; j < kAhead && j < k; ++j) prefetch(j);
+  // Each proposal reads one row and one column at random. A first pass over the proposals
+  // (reads only, iterations independent, so the processor overlaps their cache misses)
+  // finds each column's lowest free entry before this call; entries are only filled below,
+  // so the greedy pass searches from there, in lines this pass brought into the cache.
+  std::vector<int32_t> col_start(p.column ? k : 0, 0);
   for (int64_t i = 0; i < k; ++i) {
-    if (i + kAhead < k) prefetch(i + kAhead);
+    const I t = targets[i], r = rows[i];
+    if (r < 0 || r >= static_cast<I>(p.n_pre) || t < 0 || t >= n_post) continue;
+    __builtin_prefetch(post + static_cast<int64_t>(r) * p.cap);
+    if (p.column) {
+      const int64_t c = FindFirst(pre_slot + static_cast<int64_t>(t) * p.col_cap, p.col_cap, sentinel);
+      col_start[i] = static_cast<int32_t>(c < 0 ? p.col_cap : c);
+    }
+  }
+  for (int64_t i = 0; i < k; ++i) {
     const I t = targets[i], r = rows[i];
     if (t == n_post) {
       status[i] = kNone;
@@ -216,7 +245,8 @@ void AddOne(const Projection& p, int64_t b, int64_t k, const I* rows, const I* t
     int64_t entry = -1;
     if (p.column) {
       I* col = pre_slot + static_cast<int64_t>(t) * p.col_cap;
-      entry = FindFirst(col, p.col_cap, sentinel);
+      entry = FindFirst(col + col_start[i], p.col_cap - col_start[i], sentinel);
+      if (entry >= 0) entry += col_start[i];
       if (entry < 0) {
         status[i] = kColumnFull;
         ++counts[3];
@@ -230,7 +260,7 @@ void AddOne(const Projection& p, int64_t b, int64_t k, const I* rows, const I* t
     if (p.column) position[slot] = static_cast<I>(entry);
     changed[slot] = true;
     for (size_t v = 0; v < p.vars.size(); ++v) {
-      std::memcpy(p.vars[v] + (b * slots + slot) * p.widths[v],
+      CopyElement(p.vars[v] + (b * slots + slot) * p.widths[v],
                   values[v] + (b * k + i) * p.widths[v], p.widths[v]);
     }
     status[i] = kAccepted;
@@ -270,24 +300,27 @@ ffi::Error ReadProjection(const ffi::RemainingRets& rets, size_t first, size_t n
   return ffi::Error::Success();
 }
 
-// Args: mask, post, [position, pre_slot], vars...   Rets: removed, post, [position, pre_slot],
-// vars... (each projection argument aliased to its result).
+// Args: mask, post, [position, pre_slot], vars...   Rets: removed, count, post, [position,
+// pre_slot], vars... (each projection argument aliased to its result).
 ffi::Error RemoveImpl(ffi::RemainingArgs args, ffi::RemainingRets rets, int64_t n_post,
                       bool column) {
   const size_t n_fixed = column ? 4 : 2;
-  if (args.size() < n_fixed || rets.size() != args.size()) {
+  if (args.size() < n_fixed || rets.size() != args.size() + 1) {
     return ffi::Error::InvalidArgument("jaxplastic_remove: wrong number of operands");
   }
   auto mask = args.get<ffi::AnyBuffer>(0);
   auto removed = rets.get<ffi::AnyBuffer>(0);
+  auto counts = rets.get<ffi::AnyBuffer>(1);
   auto post_in = args.get<ffi::AnyBuffer>(1);
   if (mask.has_error()) return mask.error();
   if (removed.has_error()) return removed.error();
+  if (counts.has_error()) return counts.error();
   if (post_in.has_error()) return post_in.error();
   Projection p;
-  if (auto e = ReadProjection(rets, 1, args.size() - n_fixed, n_post, column, &p); e.failure()) {
+  if (auto e = ReadProjection(rets, 2, args.size() - n_fixed, n_post, column, &p); e.failure()) {
     return e;
   }
+  int32_t* count = static_cast<int32_t*>((*counts)->untyped_data());
   const bool* m = static_cast<const bool*>(mask->untyped_data());
   bool* out = static_cast<bool*>((*removed)->untyped_data());
   const bool wide = post_in->element_type() == ffi::DataType::S64;
@@ -295,11 +328,7 @@ ffi::Error RemoveImpl(ffi::RemainingArgs args, ffi::RemainingRets rets, int64_t 
     return ffi::Error::InvalidArgument("jaxplastic_remove: post must be int32 or int64");
   }
   for (int64_t b = 0; b < p.batch; ++b) {
-    if (wide) {
-      RemoveOne<int64_t>(p, b, m, out);
-    } else {
-      RemoveOne<int32_t>(p, b, m, out);
-    }
+    count[b] = wide ? RemoveOne<int64_t>(p, b, m, out) : RemoveOne<int32_t>(p, b, m, out);
   }
   return ffi::Error::Success();
 }

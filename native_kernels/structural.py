@@ -68,8 +68,9 @@ def remove(
     synapses: dict[str, jax.Array],
     mask: jax.Array,
     n_post: int,
-) -> tuple[jax.Array, jax.Array, tuple[jax.Array, jax.Array] | None, dict[str, jax.Array]]:
-    """Frees the live slots under ``mask``; returns ``(removed, post, column, synapses)``.
+) -> tuple[jax.Array, jax.Array, jax.Array, tuple[jax.Array, jax.Array] | None, dict]:
+    """Frees the live slots under ``mask``; returns ``(removed, count, post, column,
+    synapses)`` (``count``: ``int32[...]``, the number removed).
 
     ``post``, ``mask`` and each synapse variable are ``[..., pre, cap]``; ``column`` is
     ``(pre_slot [..., post, col_cap], position [..., pre, cap])`` or None. A freed slot gets
@@ -80,18 +81,22 @@ def remove(
     proj = [post, *([] if column is None else [column[1], column[0]])]
     proj += [synapses[n] for n in names]
     operands = [mask, *proj]
-    results = [jax.ShapeDtypeStruct(mask.shape, jnp.bool_), *map(_like, proj)]
+    results = [
+        jax.ShapeDtypeStruct(mask.shape, jnp.bool_),
+        jax.ShapeDtypeStruct(mask.shape[:-2], jnp.int32),
+        *map(_like, proj),
+    ]
     out = jax.ffi.ffi_call(
         "jaxplastic_remove",
         results,
         vmap_method="broadcast_all",
-        input_output_aliases={i: i for i in range(1, len(operands))},
+        input_output_aliases={i: i + 1 for i in range(1, len(operands))},
     )(*operands, n_post=np.int64(n_post), column=column is not None)
-    removed, post = out[0], out[1]
-    rest = out[2:]
+    removed, count, post = out[:3]
+    rest = out[3:]
     if column is not None:
         column, rest = (rest[1], rest[0]), rest[2:]
-    return removed, post, column, dict(zip(names, rest, strict=True))
+    return removed, count, post, column, dict(zip(names, rest, strict=True))
 
 
 def add(
