@@ -326,7 +326,8 @@ def kernel_times(cases: list[Case], calls: int, folder: Path) -> dict[str, list[
         total: dict[str, float] = {}
         count: dict[str, int] = {}
         for e in events:
-            if e.get("ph") == "X" and "dur" in e:
+            # Device kernels and XLA thunks, not the Python frames ("$file:line name").
+            if e.get("ph") == "X" and "dur" in e and not e["name"].startswith("$"):
                 total[e["name"]] = total.get(e["name"], 0.0) + e["dur"]
                 count[e["name"]] = count.get(e["name"], 0) + 1
         top = sorted(total, key=total.get, reverse=True)[:40]
