@@ -13,6 +13,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <memory>
 #include <vector>
 
 #ifdef __SSE2__
@@ -191,7 +192,9 @@ void AddOne(const Projection& p, int64_t b, int64_t k, const I* rows, const I* t
   const I sentinel = static_cast<I>(slots);
   for (int c = 0; c < 5; ++c) counts[c] = 0;
   // Earlier in-range proposals of each row, as chains: head[row] -> previous[i] -> ...
-  std::vector<int64_t> head(p.n_pre, -1), previous(k, -1);
+  // (`previous` and `col_start` are written before they are read: left uninitialised.)
+  std::vector<int64_t> head(p.n_pre, -1);
+  std::unique_ptr<int64_t[]> previous(new int64_t[k]);
   // Rows that refused a proposal for lack of room: only there can a repeated proposal be
   // missing from the row (elsewhere the row scan finds it).
   std::vector<bool> short_of_room(p.n_pre, false);
@@ -199,7 +202,7 @@ void AddOne(const Projection& p, int64_t b, int64_t k, const I* rows, const I* t
   // (reads only, iterations independent, so the processor overlaps their cache misses)
   // finds each column's lowest free entry before this call; entries are only filled below,
   // so the greedy pass searches from there, in lines this pass brought into the cache.
-  std::vector<int32_t> col_start(p.column ? k : 0, 0);
+  std::unique_ptr<int32_t[]> col_start(new int32_t[p.column ? k : 0]);
   for (int64_t i = 0; i < k; ++i) {
     const I t = targets[i], r = rows[i];
     if (r < 0 || r >= static_cast<I>(p.n_pre) || t < 0 || t >= n_post) continue;
