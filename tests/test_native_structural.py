@@ -183,3 +183,17 @@ def test_impl_argument_is_checked():
     # "auto" falls back to XLA where the native kernels do not fit.
     new, info = jp.remove_synapses(narrow, mask)
     assert int(info.removed) == 0 and new.post.dtype == jnp.int16
+
+
+def test_without_the_library_auto_uses_xla_and_native_says_why(monkeypatch):
+    monkeypatch.setattr(native, "available", lambda: False)
+    monkeypatch.setattr(native, "load_error", lambda: "libjaxplastic_structural.so is missing")
+    conn = _state(0, 9, 7, 4, 5, fill=3)
+    mask = jnp.zeros(conn.post.shape, bool).at[0, 0].set(True)
+    assert (
+        _custom_call_targets(lambda c: jp.remove_synapses(c, mask), conn, platform="cpu") == set()
+    )
+    new, info = jp.remove_synapses(conn, mask)
+    assert int(info.removed) == int(conn.alive[0, 0])
+    with pytest.raises(RuntimeError, match="is missing"):
+        jp.add_synapses(conn, jnp.array([1]), jnp.array([2]), impl="native")
