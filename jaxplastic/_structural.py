@@ -1006,9 +1006,10 @@ def update_rows(
     indexed at the row: any pytree with a leading ``pre`` axis), the whole postsynaptic
     population's variables (``post``, read-only) and a per-row PRNG key; it returns a
     :class:`RowUpdate`. The library ``vmap``s it over the rows, removes the flagged synapses,
-    then adds the proposals in row order with :func:`add_synapses` semantics. The real
-    proposals (not ``n_post``) are compacted first, so the cost of the addition follows them,
-    not the fixed number ``k`` a rule returns per row.
+    then adds the proposals in row order with :func:`add_synapses` semantics. The cost of the
+    addition follows the real proposals (not ``n_post``), not the fixed number ``k`` a rule
+    returns per row: the native kernel skips the others in its single pass, and the XLA
+    version compacts the real ones first.
 
     Args:
         conn: the projection.

@@ -197,3 +197,24 @@ def test_without_the_library_auto_uses_xla_and_native_says_why(monkeypatch):
     assert int(info.removed) == int(conn.alive[0, 0])
     with pytest.raises(RuntimeError, match="is missing"):
         jp.add_synapses(conn, jnp.array([1]), jnp.array([2]), impl="native")
+
+
+@built
+def test_int64_indices_equal_the_xla_version():
+    # With 64-bit indices enabled, post and the column view are int64: the kernels' other
+    # instantiation.
+    with jax.enable_x64(True):
+        conn = _state(7, 20, 15, 6, 7, fill=6)
+        assert conn.post.dtype == jnp.int64 and conn.column.pre_slot.dtype == jnp.int64
+        rng = np.random.default_rng(7)
+        mask = jnp.asarray(rng.random(conn.post.shape) < 0.3)
+        rows = jnp.asarray(rng.integers(-1, 21, 60))
+        targets = jnp.asarray(rng.integers(0, 16, 60))
+        values = {"weight": jnp.asarray(rng.normal(size=60), jnp.float32)}
+        out = {}
+        for impl in ("xla", "native"):
+            c, removed = jp.remove_synapses(conn, mask, impl=impl)
+            c, added = jp.add_synapses(c, rows, targets, values, impl=impl)
+            out[impl] = (c, removed.merge(added))
+        _assert_same(out["native"], out["xla"])
+        assert int(out["native"][1].added) > 0 and int(out["native"][1].removed) > 0
