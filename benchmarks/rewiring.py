@@ -64,6 +64,7 @@ from native_kernels import structural as native
 
 FRACTIONS = (0.001, 0.01, 0.1)
 OPS = ("remove", "remove_slots", "add", "prune+regrow", "prune_slots+regrow", "update_rows")
+ENSEMBLE = "prune+regrow ensemble"  # --ensemble N: prune + regrow of N networks under vmap
 
 
 # -- the projection and the changes ----------------------------------------------------------
@@ -159,6 +160,13 @@ def make_step_update_rows(threshold: float, k_max: int):
         return jp.update_rows(conn, rule, key, impl=impl)
 
     return step
+
+
+def step_ensemble(conn, mask, rows, targets, values, impl):
+    """Prune + regrow of each network of a batch (``vmap``; every input has a leading axis)."""
+    return jax.vmap(functools.partial(step_prune_regrow, impl=impl))(
+        conn, mask, rows, targets, values
+    )
 
 
 def make_rule_alone(threshold: float, k_max: int):
@@ -296,11 +304,21 @@ def build_cases(conn, changes, args, donate: bool, impl: str, first: bool) -> li
                 (jr.key(args.seed),),
             ),
         }
-        for op in args.ops:
+        ops = list(args.ops)
+        if args.ensemble:
+            # N copies of the projection, each with the same changes: the work of N networks.
+            def stack(x, n=args.ensemble):
+                return jnp.broadcast_to(x, (n, *jnp.shape(x)))
+
+            inputs[ENSEMBLE] = (step_ensemble, jax.tree.map(stack, (mask, rows, targets, values)))
+            ops.append(ENSEMBLE)
+        for op in ops:
             if op == "remove_slots" and not first:
                 continue
             fn, extra = inputs[op]
             for column, c in (("column", conn), ("no column", no_col)):
+                if op == ENSEMBLE:
+                    c = jax.tree.map(lambda x: jnp.stack([x] * args.ensemble), c)
                 meta = {"op": op, "fraction": fraction, "column": column, "mode": tag}
                 meta["impl"] = impl
                 name = f"{op} {fraction:g} {column} {tag} {impl}"
@@ -361,6 +379,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         default=None,
         help="implementations of the primitives, timed side by side (default: native and "
         "xla on a CPU where the native kernels are built, else xla)",
+    )
+    parser.add_argument(
+        "--ensemble",
+        type=int,
+        default=0,
+        help="also time prune + regrow of this many networks at once (vmap): the native "
+        "kernels share the networks out over the CPU threads",
     )
     parser.add_argument(
         "--trace",
@@ -440,7 +465,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for mode, impl, op, fraction in itertools.product(
         ("donated", "copied") if args.no_donate else ("donated",),
         args.impls,
-        args.ops,
+        [*args.ops, *([ENSEMBLE] if args.ensemble else [])],
         args.fractions,
     ):
         if op == "remove_slots" and impl != args.impls[0]:
@@ -526,8 +551,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for r in rows
         if r["mode"] == "donated"
         and r["impl"] == args.impls[0]
+        and r["op"] != ENSEMBLE
         and math.isclose(r["fraction"], 0.01)
     ]
+    result["ensemble"] = args.ensemble
     result["impls"] = args.impls
     result["targets"] = {
         r["op"]: {

@@ -11,9 +11,13 @@
 //   pre_slot [..., n_post, col_cap]  flat slot per column entry, n_pre * cap = free
 //   per-synapse variables [..., n_pre, cap] of any dtype; zero in a free slot.
 
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
 #include <cstdint>
 #include <cstring>
 #include <memory>
+#include <mutex>
 #include <vector>
 
 #ifdef __SSE2__
@@ -271,6 +275,37 @@ void AddOne(const Projection& p, int64_t b, int64_t k, const I* rows, const I* t
   }
 }
 
+// work(0) ... work(n - 1) on XLA's CPU thread pool and the calling thread. The caller takes
+// items too, and waits only for items that a pool thread has started, so it never waits on a
+// task the pool has not run; a task that starts after the last item finds nothing to do.
+template <typename Work>
+void ParallelFor(ffi::ThreadPool& pool, int64_t n, const Work& work) {
+  const int64_t helpers = std::min<int64_t>(pool.num_threads(), n) - 1;
+  if (helpers <= 0) {
+    for (int64_t i = 0; i < n; ++i) work(i);
+    return;
+  }
+  struct State {
+    std::atomic<int64_t> next{0}, done{0};
+    std::mutex mutex;
+    std::condition_variable finished;
+  };
+  auto state = std::make_shared<State>();
+  auto drain = [state, n, &work] {
+    for (int64_t i = state->next.fetch_add(1); i < n; i = state->next.fetch_add(1)) {
+      work(i);
+      if (state->done.fetch_add(1) + 1 == n) {
+        std::lock_guard<std::mutex> lock(state->mutex);
+        state->finished.notify_all();
+      }
+    }
+  };
+  for (int64_t h = 0; h < helpers; ++h) pool.Schedule([drain] { drain(); });
+  drain();
+  std::unique_lock<std::mutex> lock(state->mutex);
+  state->finished.wait(lock, [&] { return state->done.load() == n; });
+}
+
 // Reads the projection from the results: post, then position and pre_slot (with a column
 // view), then the per-synapse variables.
 ffi::Error ReadProjection(const ffi::RemainingRets& rets, size_t first, size_t n_vars,
@@ -305,8 +340,8 @@ ffi::Error ReadProjection(const ffi::RemainingRets& rets, size_t first, size_t n
 
 // Args: mask, post, [position, pre_slot], vars...   Rets: removed, count, post, [position,
 // pre_slot], vars... (each projection argument aliased to its result).
-ffi::Error RemoveImpl(ffi::RemainingArgs args, ffi::RemainingRets rets, int64_t n_post,
-                      bool column) {
+ffi::Error RemoveImpl(ffi::ThreadPool pool, ffi::RemainingArgs args, ffi::RemainingRets rets,
+                      int64_t n_post, bool column) {
   const size_t n_fixed = column ? 4 : 2;
   if (args.size() < n_fixed || rets.size() != args.size() + 1) {
     return ffi::Error::InvalidArgument("jaxplastic_remove: wrong number of operands");
@@ -330,16 +365,16 @@ ffi::Error RemoveImpl(ffi::RemainingArgs args, ffi::RemainingRets rets, int64_t 
   if (!wide && post_in->element_type() != ffi::DataType::S32) {
     return ffi::Error::InvalidArgument("jaxplastic_remove: post must be int32 or int64");
   }
-  for (int64_t b = 0; b < p.batch; ++b) {
+  ParallelFor(pool, p.batch, [&](int64_t b) {
     count[b] = wide ? RemoveOne<int64_t>(p, b, m, out) : RemoveOne<int32_t>(p, b, m, out);
-  }
+  });
   return ffi::Error::Success();
 }
 
 // Args: rows, targets, post, changed, [position, pre_slot], vars..., values...
 // Rets: status, counts, post, changed, [position, pre_slot], vars... (aliased).
-ffi::Error AddImpl(ffi::RemainingArgs args, ffi::RemainingRets rets, int64_t n_post,
-                   bool column) {
+ffi::Error AddImpl(ffi::ThreadPool pool, ffi::RemainingArgs args, ffi::RemainingRets rets,
+                   int64_t n_post, bool column) {
   const size_t n_fixed = column ? 6 : 4;
   if (args.size() < n_fixed || (args.size() - n_fixed) % 2 != 0 ||
       rets.size() != n_fixed + (args.size() - n_fixed) / 2) {
@@ -390,10 +425,10 @@ ffi::Error AddImpl(ffi::RemainingArgs args, ffi::RemainingRets rets, int64_t n_p
   auto dims = rows->dimensions();
   const int64_t k = dims.size() == 0 ? 1 : dims[dims.size() - 1];
   const bool wide = rows->element_type() == ffi::DataType::S64;
-  for (int64_t b = 0; b < p.batch; ++b) {
-    bool* ch = static_cast<bool*>((*changed)->untyped_data());
-    int8_t* st = static_cast<int8_t*>((*status)->untyped_data());
-    int32_t* cn = static_cast<int32_t*>((*counts)->untyped_data());
+  bool* ch = static_cast<bool*>((*changed)->untyped_data());
+  int8_t* st = static_cast<int8_t*>((*status)->untyped_data());
+  int32_t* cn = static_cast<int32_t*>((*counts)->untyped_data());
+  ParallelFor(pool, p.batch, [&](int64_t b) {
     if (wide) {
       AddOne<int64_t>(p, b, k, static_cast<const int64_t*>(rows->untyped_data()),
                       static_cast<const int64_t*>(targets->untyped_data()), values, ch, st, cn);
@@ -401,7 +436,7 @@ ffi::Error AddImpl(ffi::RemainingArgs args, ffi::RemainingRets rets, int64_t n_p
       AddOne<int32_t>(p, b, k, static_cast<const int32_t*>(rows->untyped_data()),
                       static_cast<const int32_t*>(targets->untyped_data()), values, ch, st, cn);
     }
-  }
+  });
   return ffi::Error::Success();
 }
 
@@ -409,6 +444,7 @@ ffi::Error AddImpl(ffi::RemainingArgs args, ffi::RemainingRets rets, int64_t n_p
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxplasticRemove, RemoveImpl,
                               ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
                                   .RemainingArgs()
                                   .RemainingRets()
                                   .Attr<int64_t>("n_post")
@@ -416,6 +452,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxplasticRemove, RemoveImpl,
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxplasticAdd, AddImpl,
                               ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
                                   .RemainingArgs()
                                   .RemainingRets()
                                   .Attr<int64_t>("n_post")

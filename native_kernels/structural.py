@@ -7,7 +7,8 @@ primitives ``remove_synapses`` and ``add_synapses``); the results are identical 
 
 The shared library is compiled when the package is built (``hatch_build.py``); where no C++
 compiler was available, :func:`available` is False and jaxplastic uses its XLA versions.
-Both kernels take any leading batch dimensions (``vmap``: one projection per entry).
+Both kernels take any leading batch dimensions (``vmap``: one projection per entry), which
+they share out over XLA's CPU thread pool.
 """
 
 from __future__ import annotations
