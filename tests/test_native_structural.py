@@ -63,11 +63,12 @@ def _assert_same(a, b):
 _remove = jax.jit(jp.remove_synapses, static_argnames="impl")
 _add = jax.jit(jp.add_synapses, static_argnames="impl")
 shapes = st.sampled_from([(9, 7, 4, 5), (30, 50, 12, 9), (64, 40, 8, None), (5, 300, 40, 3)])
+_K = 400  # proposals per call
 
 
 @built
 @settings(max_examples=25, deadline=None)
-@given(st.integers(0, 2**31), shapes, st.floats(0.0, 1.0), st.integers(0, 400))
+@given(st.integers(0, 2**31), shapes, st.floats(0.0, 1.0), st.integers(0, _K))
 def test_remove_and_add_equal_the_xla_versions(seed, shape, p_remove, k):
     n_pre, n_post, cap, col_cap = shape
     conn = _state(seed, n_pre, n_post, cap, col_cap, fill=cap)
@@ -76,13 +77,15 @@ def test_remove_and_add_equal_the_xla_versions(seed, shape, p_remove, k):
     out = {impl: _remove(conn, mask, impl=impl) for impl in ("xla", "native")}
     _assert_same(out["native"], out["xla"])
     conn = out["xla"][0]
-    # Few distinct rows and targets: repeats, full rows and full columns are common.
-    rows = rng.integers(-1, min(n_pre, 6) + 1, k).astype(np.int32)
-    targets = rng.integers(-1, min(n_post, 8) + 2, k).astype(np.int32)
-    targets[rng.random(k) < 0.2] = n_post  # no proposal
+    # Few distinct rows and targets: repeats, full rows and full columns are common. The
+    # first k of a fixed 400 are proposals, the rest "none": one compilation per shape.
+    rows = rng.integers(-1, min(n_pre, 6) + 1, _K).astype(np.int32)
+    targets = rng.integers(-1, min(n_post, 8) + 2, _K).astype(np.int32)
+    targets[rng.random(_K) < 0.2] = n_post  # no proposal
+    targets[k:] = n_post
     values = {
-        "weight": jnp.asarray(rng.normal(size=k), jnp.float32),
-        "tag": jnp.asarray(rng.integers(1, 100, k), jnp.int16),
+        "weight": jnp.asarray(rng.normal(size=_K), jnp.float32),
+        "tag": jnp.asarray(rng.integers(1, 100, _K), jnp.int16),
     }
     out = {impl: _add(conn, rows, targets, values, impl=impl) for impl in ("xla", "native")}
     _assert_same(out["native"], out["xla"])
