@@ -30,7 +30,7 @@ namespace ffi = xla::ffi;
 
 namespace {
 
-// Proposal outcomes, as in jaxplastic._native.
+// Proposal outcomes, as in native_kernels/structural.py (ACCEPTED ... NONE).
 enum Status : int8_t {
   kAccepted = 0,
   kDuplicate = 1,
@@ -306,10 +306,10 @@ void ParallelFor(ffi::ThreadPool& pool, int64_t n, const Work& work) {
   state->finished.wait(lock, [&] { return state->done.load() == n; });
 }
 
-// Reads the projection from the results: post, then position and pre_slot (with a column
-// view), then the per-synapse variables.
-ffi::Error ReadProjection(const ffi::RemainingRets& rets, size_t first, size_t n_vars,
-                          int64_t n_post, bool column, Projection* p) {
+// Reads the projection from the results: post at `first`; from `rest` on, position and
+// pre_slot (with a column view), then the per-synapse variables.
+ffi::Error ReadProjection(const ffi::RemainingRets& rets, size_t first, size_t rest,
+                          size_t n_vars, int64_t n_post, bool column, Projection* p) {
   auto post = rets.get<ffi::AnyBuffer>(first);
   if (post.has_error()) return post.error();
   const ffi::AnyBuffer& post_buf = **post;
@@ -318,7 +318,7 @@ ffi::Error ReadProjection(const ffi::RemainingRets& rets, size_t first, size_t n
   p->column = column;
   p->post = Bytes(post_buf);
   p->batch = p->n_pre * p->cap == 0 ? 0 : Count(post_buf) / (p->n_pre * p->cap);
-  size_t next = first + 1;
+  size_t next = rest;
   if (column) {
     auto position = rets.get<ffi::AnyBuffer>(next++);
     auto pre_slot = rets.get<ffi::AnyBuffer>(next++);
@@ -355,7 +355,8 @@ ffi::Error RemoveImpl(ffi::ThreadPool pool, ffi::RemainingArgs args, ffi::Remain
   if (counts.has_error()) return counts.error();
   if (post_in.has_error()) return post_in.error();
   Projection p;
-  if (auto e = ReadProjection(rets, 2, args.size() - n_fixed, n_post, column, &p); e.failure()) {
+  if (auto e = ReadProjection(rets, 2, 3, args.size() - n_fixed, n_post, column, &p);
+      e.failure()) {
     return e;
   }
   int32_t* count = static_cast<int32_t*>((*counts)->untyped_data());
@@ -391,35 +392,15 @@ ffi::Error AddImpl(ffi::ThreadPool pool, ffi::RemainingArgs args, ffi::Remaining
   if (status.has_error()) return status.error();
   if (counts.has_error()) return counts.error();
   if (changed.has_error()) return changed.error();
+  // The projection's results: post (2), then [position, pre_slot] and the variables from 4
+  // on; the `changed` result (3) sits between post and the column view.
   Projection p;
-  // The projection's results: post (2), then [position, pre_slot], then the variables; the
-  // `changed` result (3) sits between post and the column view.
-  auto post = rets.get<ffi::AnyBuffer>(2);
-  if (post.has_error()) return post.error();
-  if (auto e = Shape2(**post, &p.n_pre, &p.cap); e.failure()) return e;
-  p.n_post = n_post;
-  p.column = column;
-  p.post = Bytes(**post);
-  p.batch = p.n_pre * p.cap == 0 ? 0 : Count(**post) / (p.n_pre * p.cap);
-  size_t next = 4;
-  if (column) {
-    auto position = rets.get<ffi::AnyBuffer>(next++);
-    auto pre_slot = rets.get<ffi::AnyBuffer>(next++);
-    if (position.has_error()) return position.error();
-    if (pre_slot.has_error()) return pre_slot.error();
-    int64_t col_rows = 0;
-    if (auto e = Shape2(**pre_slot, &col_rows, &p.col_cap); e.failure()) return e;
-    p.position = Bytes(**position);
-    p.pre_slot = Bytes(**pre_slot);
-  }
+  if (auto e = ReadProjection(rets, 2, 4, n_vars, n_post, column, &p); e.failure()) return e;
+  const size_t first_value = 4 + (column ? 2 : 0) + n_vars;
   std::vector<const char*> values;
   for (size_t v = 0; v < n_vars; ++v) {
-    auto var = rets.get<ffi::AnyBuffer>(next + v);
-    auto value = args.get<ffi::AnyBuffer>(next + n_vars + v);
-    if (var.has_error()) return var.error();
+    auto value = args.get<ffi::AnyBuffer>(first_value + v);
     if (value.has_error()) return value.error();
-    p.vars.push_back(Bytes(**var));
-    p.widths.push_back(Width(**var));
     values.push_back(Bytes(*value));
   }
   auto dims = rows->dimensions();
