@@ -272,14 +272,14 @@ def _per_platform(impl: Impl, native: Callable, xla: Callable, *args):
     return lax.platform_dependent(*args, cpu=native, default=xla)
 
 
-def _column_pair(conn: RaggedConnectivity):
+def _column_pair(conn: RaggedConnectivity) -> _native.Column | None:
     col = conn.column
-    return None if col is None else (col.pre_slot, col.position)
+    return None if col is None else (col.position, col.pre_slot)
 
 
 def _with(conn: RaggedConnectivity, post, column, synapses) -> RaggedConnectivity:
     if column is not None:
-        column = ColumnView(pre_slot=column[0], position=column[1])
+        column = ColumnView(pre_slot=column[1], position=column[0])
     return RaggedConnectivity(post, synapses, column, conn.n_post)
 
 

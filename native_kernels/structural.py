@@ -63,24 +63,31 @@ def _like(x: jax.Array) -> jax.ShapeDtypeStruct:
     return jax.ShapeDtypeStruct(x.shape, x.dtype)
 
 
+def _split_column(results: list, column: Column | None) -> tuple[Column | None, list]:
+    """The column view's two results, if the call had one, and the results after them."""
+    return (None, results) if column is None else ((results[0], results[1]), results[2:])
+
+
+Column = tuple[jax.Array, jax.Array]  # (position [..., pre, cap], pre_slot [..., post, col_cap])
+
+
 def remove(
     post: jax.Array,
-    column: tuple[jax.Array, jax.Array] | None,
+    column: Column | None,
     synapses: dict[str, jax.Array],
     mask: jax.Array,
     n_post: int,
-) -> tuple[jax.Array, jax.Array, jax.Array, tuple[jax.Array, jax.Array] | None, dict]:
+) -> tuple[jax.Array, jax.Array, jax.Array, Column | None, dict[str, jax.Array]]:
     """Frees the live slots under ``mask``; returns ``(removed, count, post, column,
     synapses)`` (``count``: ``int32[...]``, the number removed).
 
     ``post``, ``mask`` and each synapse variable are ``[..., pre, cap]``; ``column`` is
-    ``(pre_slot [..., post, col_cap], position [..., pre, cap])`` or None. A freed slot gets
+    ``(position, pre_slot)`` (:data:`Column`) or None. A freed slot gets
     target ``n_post``, zero in every variable, and is unlinked from its column.
     """
     _require()
     names = list(synapses)
-    proj = [post, *([] if column is None else [column[1], column[0]])]
-    proj += [synapses[n] for n in names]
+    proj = [post, *(column or ()), *(synapses[n] for n in names)]
     operands = [mask, *proj]
     results = [
         jax.ShapeDtypeStruct(mask.shape, jnp.bool_),
@@ -94,22 +101,20 @@ def remove(
         input_output_aliases={i: i + 1 for i in range(1, len(operands))},
     )(*operands, n_post=np.int64(n_post), column=column is not None)
     removed, count, post = out[:3]
-    rest = out[3:]
-    if column is not None:
-        column, rest = (rest[1], rest[0]), rest[2:]
+    column, rest = _split_column(out[3:], column)
     return removed, count, post, column, dict(zip(names, rest, strict=True))
 
 
 def add(
     post: jax.Array,
-    column: tuple[jax.Array, jax.Array] | None,
+    column: Column | None,
     synapses: dict[str, jax.Array],
     changed: jax.Array,
     rows: jax.Array,
     targets: jax.Array,
     values: dict[str, jax.Array],
     n_post: int,
-) -> tuple[jax.Array, jax.Array, jax.Array, tuple[jax.Array, jax.Array] | None, dict]:
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array, Column | None, dict[str, jax.Array]]:
     """Adds proposals ``(rows[e], targets[e])`` greedily in order.
 
     ``rows`` and ``targets`` are ``[..., k]`` of ``post``'s dtype (target ``n_post``: no
@@ -121,8 +126,7 @@ def add(
     """
     _require()
     names = [n for n in synapses if n in values]
-    proj = [post, changed, *([] if column is None else [column[1], column[0]])]
-    proj += [synapses[n] for n in names]
+    proj = [post, changed, *(column or ()), *(synapses[n] for n in names)]
     operands = [rows, targets, *proj, *(values[n] for n in names)]
     batch = rows.shape[:-1]
     results = [
@@ -137,9 +141,7 @@ def add(
         input_output_aliases={2 + i: 2 + i for i in range(len(proj))},
     )(*operands, n_post=np.int64(n_post), column=column is not None)
     status, counts, post, changed = out[:4]
-    rest = out[4:]
-    if column is not None:
-        column, rest = (rest[1], rest[0]), rest[2:]
+    column, rest = _split_column(out[4:], column)
     new = dict(synapses)
     new.update(zip(names, rest, strict=True))
     return status, counts, post, changed, column, new
