@@ -1,6 +1,7 @@
 """Shared test helpers."""
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 _TOLERANCES = {
@@ -27,3 +28,16 @@ def tree_allclose(x, y, *, rtol=None, atol=None):
             rtol=r if rtol is None else rtol,
             atol=t if atol is None else atol,
         )
+
+
+def assert_trees_equal(x, y):
+    """Asserts two pytrees have the same structure, and leaves of the same dtype and values, bit
+    for bit (PRNG keys compared by their key data)."""
+    xs, xt = jax.tree.flatten(x)
+    ys, yt = jax.tree.flatten(y)
+    assert xt == yt, f"tree structures differ: {xt} vs {yt}"
+    for a, b in zip(xs, ys, strict=True):
+        if isinstance(a, jax.Array) and jnp.issubdtype(a.dtype, jax.dtypes.prng_key):
+            a, b = jax.random.key_data(a), jax.random.key_data(b)
+        assert np.asarray(a).dtype == np.asarray(b).dtype, f"dtypes differ: {a.dtype} vs {b.dtype}"
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

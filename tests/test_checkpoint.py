@@ -16,6 +16,8 @@ from jaxplastic._checkpoint import (
     save_checkpoint,
 )
 
+from .helpers import assert_trees_equal
+
 
 def _state(seed=0, n=20):
     conn = jp.fixed_probability(
@@ -38,22 +40,12 @@ def _state(seed=0, n=20):
     }
 
 
-def _assert_same(a, b):
-    la, ta = jax.tree.flatten(a)
-    lb, tb = jax.tree.flatten(b)
-    assert ta == tb
-    for x, y in zip(la, lb, strict=True):
-        if isinstance(x, jax.Array) and jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
-            x, y = jax.random.key_data(x), jax.random.key_data(y)
-        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-
-
 def test_round_trip_keeps_every_leaf_and_the_metadata(tmp_path):
     state = _state()
     path = save_checkpoint(tmp_path / "epoch_0001", state, metadata={"epoch": 1, "acc": 0.5})
     assert path.name == "epoch_0001.npz"
     loaded, meta = load_checkpoint(path, _state(seed=1))
-    _assert_same(loaded, state)
+    assert_trees_equal(loaded, state)
     assert meta == {"epoch": 1, "acc": 0.5}
     assert loaded["label"] == "static"  # non-array leaves come from the template
     # The PRNG key still works as a key.

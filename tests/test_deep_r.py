@@ -8,6 +8,8 @@ import pytest
 import jaxplastic as jp
 from jaxplastic.learning import deep_r
 
+from .helpers import assert_trees_equal
+
 
 def _projection(key, n=60, p=0.1, padding=2.0, autapses=False, column_capacity=None):
     return jp.fixed_probability(
@@ -167,11 +169,6 @@ def test_shortfall_is_reported_when_rows_are_full():
     _recheck(new)
 
 
-def _assert_same(a, b):
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-
-
 def _without_column(conn):
     return jp.RaggedConnectivity(conn.post, conn.synapses, None, conn.n_post)
 
@@ -188,7 +185,7 @@ def test_regrowth_without_column_view_equals_add_synapses(padding):
     with_col, info_col = _rewire(jr.key(4), conn, signs, **options)
     without, info = _rewire(jr.key(4), _without_column(conn), signs, **options)
     assert int(info.removed) > 0
-    _assert_same((_without_column(with_col), info_col), (without, info))
+    assert_trees_equal((_without_column(with_col), info_col), (without, info))
 
 
 def test_regrowth_of_full_rows_equals_add_synapses():
@@ -201,7 +198,7 @@ def test_regrowth_of_full_rows_equals_add_synapses():
     with_col, info_col = _rewire(jr.key(2), conn, signs, **options)
     without, info = _rewire(jr.key(2), _without_column(conn), signs, **options)
     assert int(info.shortfall) > 0
-    _assert_same((_without_column(with_col), info_col), (without, info))
+    assert_trees_equal((_without_column(with_col), info_col), (without, info))
 
 
 def test_projections_rewired_together_equal_one_by_one():
@@ -227,7 +224,7 @@ def test_projections_rewired_together_equal_one_by_one():
         keys, conns, signs
     )
     alone = [_rewire(k, c, s, **options) for k, c, s in zip(keys, conns, signs, strict=True)]
-    _assert_same(together, ([x[0] for x in alone], [x[1] for x in alone]))
+    assert_trees_equal(together, ([x[0] for x in alone], [x[1] for x in alone]))
     assert len({int(x[1].removed) // 4 for x in alone}) > 1  # different numbers of rounds
 
 

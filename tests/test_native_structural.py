@@ -18,6 +18,7 @@ import jaxplastic as jp
 from native_kernels import structural as native
 
 from .examples.rules import grow_random, prune_below
+from .helpers import assert_trees_equal
 
 # The kernels are CPU custom calls: where the default device is a GPU, jit places the
 # programs there and impl="native" cannot lower.
@@ -51,15 +52,6 @@ def _state(seed, n_pre, n_post, cap, col_cap, fill):
     )
 
 
-def _assert_same(a, b):
-    la, ta = jax.tree.flatten(a)
-    lb, tb = jax.tree.flatten(b)
-    assert ta == tb
-    for x, y in zip(la, lb, strict=True):
-        assert x.dtype == y.dtype
-        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-
-
 _remove = jax.jit(jp.remove_synapses, static_argnames="impl")
 _add = jax.jit(jp.add_synapses, static_argnames="impl")
 shapes = st.sampled_from([(9, 7, 4, 5), (30, 50, 12, 9), (64, 40, 8, None), (5, 300, 40, 3)])
@@ -75,7 +67,7 @@ def test_remove_and_add_equal_the_xla_versions(seed, shape, p_remove, k):
     rng = np.random.default_rng(seed + 1)
     mask = jnp.asarray(rng.random(conn.post.shape) < p_remove)
     out = {impl: _remove(conn, mask, impl=impl) for impl in ("xla", "native")}
-    _assert_same(out["native"], out["xla"])
+    assert_trees_equal(out["native"], out["xla"])
     conn = out["xla"][0]
     # Few distinct rows and targets: repeats, full rows and full columns are common. The
     # first k of a fixed 400 are proposals, the rest "none": one compilation per shape.
@@ -88,7 +80,7 @@ def test_remove_and_add_equal_the_xla_versions(seed, shape, p_remove, k):
         "tag": jnp.asarray(rng.integers(1, 100, _K), jnp.int16),
     }
     out = {impl: _add(conn, rows, targets, values, impl=impl) for impl in ("xla", "native")}
-    _assert_same(out["native"], out["xla"])
+    assert_trees_equal(out["native"], out["xla"])
     info = out["native"][1]
     assert int(info.added) + int(info.refused) <= k
 
@@ -106,7 +98,7 @@ def test_update_rows_equals_the_xla_version(with_column):
     step = jax.jit(step, static_argnames="impl")
     for seed in range(3):
         out = {impl: step(conn, jr.key(seed), impl) for impl in ("xla", "native")}
-        _assert_same(out["native"], out["xla"])
+        assert_trees_equal(out["native"], out["xla"])
         assert int(out["native"][1].added) > 0
         conn = out["native"][0]
 
@@ -132,11 +124,11 @@ def test_vmap_over_networks_equals_the_xla_version():
         )
         for impl in ("xla", "native")
     }
-    _assert_same(out["native"], out["xla"])
+    assert_trees_equal(out["native"], out["xla"])
     # Each network on its own gives the same result as its slice of the batch.
     for b, conn in enumerate(conns):
         alone = step(conn, mask[b], rows[b], targets[b], weight[b], "native")
-        _assert_same(alone, jax.tree.map(lambda x, b=b: x[b], out["native"]))
+        assert_trees_equal(alone, jax.tree.map(lambda x, b=b: x[b], out["native"]))
 
 
 @built
@@ -146,7 +138,7 @@ def test_native_under_donation_equals_the_xla_version():
     expected = _remove(conn, mask, impl="xla")
     donated = jax.jit(jp.remove_synapses, donate_argnums=0, static_argnames="impl")
     got = donated(jax.tree.map(jnp.copy, conn), mask, impl="native")
-    _assert_same(got, expected)
+    assert_trees_equal(got, expected)
 
 
 def _custom_call_targets(fn, *args, platform):
@@ -219,5 +211,5 @@ def test_int64_indices_equal_the_xla_version():
             c, removed = jp.remove_synapses(conn, mask, impl=impl)
             c, added = jp.add_synapses(c, rows, targets, values, impl=impl)
             out[impl] = (c, removed.merge(added))
-        _assert_same(out["native"], out["xla"])
+        assert_trees_equal(out["native"], out["xla"])
         assert int(out["native"][1].added) > 0 and int(out["native"][1].removed) > 0
