@@ -70,10 +70,13 @@ class RewireInfo(NamedTuple):
 
     def merge(self, other: RewireInfo) -> RewireInfo:
         """Combines the records of two steps applied one after the other."""
-        return RewireInfo(
-            _or(self.changed, other.changed),
-            *(a + b for a, b in zip(self[1:], other[1:], strict=True)),
-        )
+        return _summed(_or(self.changed, other.changed), self, other)
+
+
+def _summed(changed: Bool[Array, "pre cap"], a: RewireInfo, b: RewireInfo) -> RewireInfo:
+    """A record with mask ``changed`` and the counts of ``a`` and ``b`` added (``merge``, or a
+    later step whose ``changed`` already includes the earlier one's)."""
+    return RewireInfo(changed, *(x + y for x, y in zip(a[1:], b[1:], strict=True)))
 
 
 def _or(a: Bool[Array, "..."], b: Bool[Array, "..."]) -> Bool[Array, "..."]:
@@ -866,8 +869,7 @@ def _add_row_blocks(
         rows = _each_row(row_index.astype(conn.post.dtype), width)
         flat = {name: jnp.reshape(v, -1) for name, v in values.items()}
         conn, added, _ = _add_native(conn, rows, targets.reshape(-1), flat, before.changed)
-        counts = (a + b for a, b in zip(before[1:], added[1:], strict=True))
-        return conn, RewireInfo(added.changed, *counts)
+        return conn, _summed(added.changed, before, added)
 
     def xla(conn, row_index, targets, values, before):
         return _add_row_blocks_xla(conn, row_index, targets, values, rows_sorted, before)
@@ -941,8 +943,7 @@ def _add_row_blocks_xla(
             changed=info.changed,
             impl="xla",
         )
-        counts = (a + b for a, b in zip(info[1:], added[1:], strict=True))
-        return c + 1, conn, RewireInfo(added.changed, *counts)
+        return c + 1, conn, _summed(added.changed, info, added)
 
     _, conn, info = lax.while_loop(
         lambda state: state[0] < n_chunks, one_chunk, (jnp.zeros((), jnp.int32), conn, before)
