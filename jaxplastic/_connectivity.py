@@ -20,6 +20,8 @@ import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 
+from native_kernels import structural as _native
+
 from ._custom_types import Array, ArrayLike, Bool, Float, Int, PRNGKeyArray, Shaped
 
 __all__ = [
@@ -195,17 +197,27 @@ class RaggedConnectivity(eqx.Module):
         return self.with_column_view(self.column.column_capacity)
 
 
-def build_column_view(post: Int[Array, "pre cap"], n_post: int, column_capacity: int) -> ColumnView:
-    """Builds the column index of ``post`` from scratch: a stable sort of all slots by target.
+def build_column_view(
+    post: Int[Array, "pre cap"], n_post: int, column_capacity: int, *, impl: str = "auto"
+) -> ColumnView:
+    """Builds the column index of ``post`` from scratch: every column lists its synapses in
+    slot order (row-major), from entry 0.
+
+    ``impl``: ``"xla"`` sorts all slots by target (a stable sort); ``"native"`` counts them
+    into their columns in one pass (the native CPU kernel, O(pre * cap)); ``"auto"``
+    (default) takes the native kernel when running on a CPU where it was built. Both give
+    the same arrays.
 
     Raises ``ValueError`` (eagerly) or an ``eqx.error_if`` runtime error (under ``jit``) if a
     column holds more than ``column_capacity`` synapses.
     """
     if not isinstance(column_capacity, int) or column_capacity < 1:
         raise ValueError(f"column_capacity: expected a positive int, got {column_capacity!r}")
+    if impl not in _IMPLS:
+        raise ValueError(f"impl: expected one of {_IMPLS}, got {impl!r}")
     n_pre, cap = post.shape
     _check_index_width(n_pre, n_post, cap, column_capacity)
-    pre_slot, position, counts = _column_arrays(post, n_post, column_capacity)
+    pre_slot, position, counts = _column_arrays(post, n_post, column_capacity, impl)
     if _is_concrete(counts):
         counts_np = np.asarray(counts)
         if counts_np.size and counts_np.max() > column_capacity:
@@ -221,20 +233,51 @@ def build_column_view(post: Int[Array, "pre cap"], n_post: int, column_capacity:
     return ColumnView(pre_slot=pre_slot, position=position)
 
 
-@functools.partial(jax.jit, static_argnums=(1, 2))
-def _column_arrays(post, n_post, column_capacity):
+_IMPLS = ("auto", "native", "xla")
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2, 3))
+def _column_arrays(post, n_post, column_capacity, impl):
+    """``(pre_slot, position, counts)`` of :func:`build_column_view` (``counts``: int32
+    column lengths, which may exceed ``column_capacity``)."""
+    fits = post.dtype == _index_dtype()
+    if impl == "native":
+        if not _native.available():
+            raise RuntimeError(
+                f"impl='native': the native CPU kernels are unavailable ({_native.load_error()});"
+                " use impl='auto' or 'xla'"
+            )
+        if not fits:
+            raise ValueError(
+                f"impl='native': expected `post` of the index dtype {jnp.dtype(_index_dtype())}, "
+                f"got {post.dtype}"
+            )
+        return _native.columns(post, n_post, column_capacity)
+    if impl == "auto" and fits and _native.available():
+        return jax.lax.platform_dependent(
+            post,
+            cpu=lambda p: _native.columns(p, n_post, column_capacity),
+            default=lambda p: _column_arrays_xla(p, n_post, column_capacity),
+        )
+    return _column_arrays_xla(post, n_post, column_capacity)
+
+
+def _column_arrays_xla(post, n_post, column_capacity):
     n_pre, cap = post.shape
     idx = _index_dtype()
     num_slots = n_pre * cap
     target = post.ravel()
     order = jnp.argsort(target, stable=True)
     sorted_target = target[order]
-    start = jnp.searchsorted(sorted_target, jnp.arange(n_post + 1, dtype=target.dtype))
+    # Each column's first place in the sorted order: the slots of lower targets before it
+    # (a searchsorted here is a 20-step loop of small kernels on a GPU).
+    counts = jnp.bincount(target, length=n_post + 1)
+    start = jnp.cumsum(counts) - counts
     pos_sorted = jnp.arange(num_slots, dtype=idx) - start[sorted_target].astype(idx)
     position = jnp.zeros(num_slots, idx).at[order].set(pos_sorted)
     live = target != n_post
     position = jnp.where(live, position, column_capacity)
-    counts = jnp.bincount(target, length=n_post + 1)[:n_post]
+    counts = counts[:n_post].astype(jnp.int32)
     pre_slot = jnp.full((n_post, column_capacity), num_slots, idx)
     pre_slot = pre_slot.at[target, position].set(jnp.arange(num_slots, dtype=idx), mode="drop")
     return pre_slot, position.reshape(n_pre, cap), counts

@@ -195,44 +195,49 @@ void AddOne(const Projection& p, int64_t b, int64_t k, const I* rows, const I* t
   const I n_post = static_cast<I>(p.n_post);
   const I sentinel = static_cast<I>(slots);
   for (int c = 0; c < 5; ++c) counts[c] = 0;
-  // Earlier in-range proposals of each row, as chains: head[row] -> previous[i] -> ...
-  // (`previous` and `col_start` are written before they are read: left uninitialised.)
-  std::vector<int64_t> head(p.n_pre, -1);
-  std::unique_ptr<int64_t[]> previous(new int64_t[k]);
-  // Rows that refused a proposal for lack of room: only there can a repeated proposal be
-  // missing from the row (elsewhere the row scan finds it).
-  std::vector<bool> short_of_room(p.n_pre, false);
-  // Each proposal reads one row and one column at random. A first pass over the proposals
-  // (reads only, iterations independent, so the processor overlaps their cache misses)
-  // finds each column's lowest free entry before this call; entries are only filled below,
-  // so the greedy pass searches from there, in lines this pass brought into the cache.
-  std::unique_ptr<int32_t[]> col_start(new int32_t[p.column ? k : 0]);
+  // A first pass over the proposals lists the real ones (in range, not the "none" sentinel):
+  // a rule's fixed-width proposals are mostly "none", and the scratch below is then sized
+  // and touched by the real ones only. Its reads are independent, so the processor overlaps
+  // their cache misses: it prefetches each row and finds each column's lowest free entry
+  // before this call; entries are only filled below, so the greedy pass searches from
+  // there, in lines this pass brought into the cache.
+  std::memset(status, kNone, k);
+  std::vector<int64_t> real;
+  std::vector<int32_t> col_start;
   for (int64_t i = 0; i < k; ++i) {
     const I t = targets[i], r = rows[i];
-    if (r < 0 || r >= static_cast<I>(p.n_pre) || t < 0 || t >= n_post) continue;
-    __builtin_prefetch(post + static_cast<int64_t>(r) * p.cap);
-    if (p.column) {
-      const int64_t c = FindFirst(pre_slot + static_cast<int64_t>(t) * p.col_cap, p.col_cap, sentinel);
-      col_start[i] = static_cast<int32_t>(c < 0 ? p.col_cap : c);
-    }
-  }
-  for (int64_t i = 0; i < k; ++i) {
-    const I t = targets[i], r = rows[i];
-    if (t == n_post) {
-      status[i] = kNone;
-      continue;
-    }
+    if (t == n_post) continue;
     if (r < 0 || r >= static_cast<I>(p.n_pre) || t < 0 || t >= n_post) {
       status[i] = kOutOfRange;
       ++counts[4];
       continue;
     }
+    real.push_back(i);
+    __builtin_prefetch(post + static_cast<int64_t>(r) * p.cap);
+    if (p.column) {
+      const int64_t c = FindFirst(pre_slot + static_cast<int64_t>(t) * p.col_cap, p.col_cap, sentinel);
+      col_start.push_back(static_cast<int32_t>(c < 0 ? p.col_cap : c));
+    }
+  }
+  const int64_t n_real = static_cast<int64_t>(real.size());
+  // Earlier real proposals of each row, as chains: head[row] -> previous[j] -> ... (indices
+  // into `real`; `previous` is written before it is read: left uninitialised).
+  std::vector<int64_t> head(p.n_pre, -1);
+  std::unique_ptr<int64_t[]> previous(new int64_t[n_real]);
+  // Rows that refused a proposal for lack of room: only there can a repeated proposal be
+  // missing from the row (elsewhere the row scan finds it).
+  std::vector<bool> short_of_room(p.n_pre, false);
+  for (int64_t j = 0; j < n_real; ++j) {
+    const int64_t i = real[j];
+    const I t = targets[i], r = rows[i];
     bool duplicate = false;
     if (short_of_room[r]) {
-      for (int64_t j = head[r]; j >= 0 && !duplicate; j = previous[j]) duplicate = targets[j] == t;
+      for (int64_t q = head[r]; q >= 0 && !duplicate; q = previous[q]) {
+        duplicate = targets[real[q]] == t;
+      }
     }
-    previous[i] = head[r];
-    head[r] = i;
+    previous[j] = head[r];
+    head[r] = j;
     I* row = post + static_cast<int64_t>(r) * p.cap;
     int hits = 0;  // a branch-free comparison over the whole row vectorizes
     for (int64_t s = 0; s < p.cap; ++s) hits += row[s] == t;
@@ -252,8 +257,8 @@ void AddOne(const Projection& p, int64_t b, int64_t k, const I* rows, const I* t
     int64_t entry = -1;
     if (p.column) {
       I* col = pre_slot + static_cast<int64_t>(t) * p.col_cap;
-      entry = FindFirst(col + col_start[i], p.col_cap - col_start[i], sentinel);
-      if (entry >= 0) entry += col_start[i];
+      entry = FindFirst(col + col_start[j], p.col_cap - col_start[j], sentinel);
+      if (entry >= 0) entry += col_start[j];
       if (entry < 0) {
         status[i] = kColumnFull;
         ++counts[3];
@@ -272,6 +277,33 @@ void AddOne(const Projection& p, int64_t b, int64_t k, const I* rows, const I* t
     }
     status[i] = kAccepted;
     ++counts[0];
+  }
+}
+
+// The column view of batch entry b from scratch, by counting: each live slot, in slot order,
+// takes its column's next entry, so every column lists its synapses in slot order (as the
+// XLA rebuild's stable sort does). counts[t] is column t's length, which may exceed col_cap:
+// the overflowing slots are then left out of pre_slot and keep their would-be position (the
+// caller reports the overflow). A target outside [0, n_post) is treated as a free slot.
+template <typename I>
+void ColumnsOne(int64_t n_pre, int64_t cap, int64_t n_post, int64_t col_cap, int64_t b,
+                const I* post, I* pre_slot, I* position, int32_t* counts) {
+  const int64_t slots = n_pre * cap;
+  post += b * slots;
+  position += b * slots;
+  pre_slot += b * n_post * col_cap;
+  counts += b * n_post;
+  std::fill(pre_slot, pre_slot + n_post * col_cap, static_cast<I>(slots));
+  std::fill(counts, counts + n_post, 0);
+  for (int64_t s = 0; s < slots; ++s) {
+    const I t = post[s];
+    if (t < 0 || t >= static_cast<I>(n_post)) {
+      position[s] = static_cast<I>(col_cap);
+      continue;
+    }
+    const int32_t pos = counts[t]++;
+    position[s] = static_cast<I>(pos);
+    if (pos < col_cap) pre_slot[static_cast<int64_t>(t) * col_cap + pos] = static_cast<I>(s);
   }
 }
 
@@ -421,6 +453,39 @@ ffi::Error AddImpl(ffi::ThreadPool pool, ffi::RemainingArgs args, ffi::Remaining
   return ffi::Error::Success();
 }
 
+// Args: post.   Rets: pre_slot, position, counts (int32).
+ffi::Error ColumnsImpl(ffi::ThreadPool pool, ffi::AnyBuffer post, ffi::Result<ffi::AnyBuffer> pre_slot,
+                       ffi::Result<ffi::AnyBuffer> position,
+                       ffi::Result<ffi::Buffer<ffi::DataType::S32>> counts, int64_t n_post,
+                       int64_t column_capacity) {
+  int64_t n_pre = 0, cap = 0;
+  if (auto e = Shape2(post, &n_pre, &cap); e.failure()) return e;
+  if (pre_slot->element_type() != post.element_type() ||
+      position->element_type() != post.element_type()) {
+    return ffi::Error::InvalidArgument("jaxplastic_columns: results must have post's dtype");
+  }
+  const int64_t batch = n_pre * cap == 0 ? 0 : Count(post) / (n_pre * cap);
+  int32_t* cn = counts->typed_data();
+  if (post.element_type() == ffi::DataType::S64) {
+    ParallelFor(pool, batch, [&](int64_t b) {
+      ColumnsOne<int64_t>(n_pre, cap, n_post, column_capacity, b,
+                          static_cast<const int64_t*>(post.untyped_data()),
+                          static_cast<int64_t*>(pre_slot->untyped_data()),
+                          static_cast<int64_t*>(position->untyped_data()), cn);
+    });
+  } else if (post.element_type() == ffi::DataType::S32) {
+    ParallelFor(pool, batch, [&](int64_t b) {
+      ColumnsOne<int32_t>(n_pre, cap, n_post, column_capacity, b,
+                          static_cast<const int32_t*>(post.untyped_data()),
+                          static_cast<int32_t*>(pre_slot->untyped_data()),
+                          static_cast<int32_t*>(position->untyped_data()), cn);
+    });
+  } else {
+    return ffi::Error::InvalidArgument("jaxplastic_columns: post must be int32 or int64");
+  }
+  return ffi::Error::Success();
+}
+
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxplasticRemove, RemoveImpl,
@@ -438,3 +503,13 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxplasticAdd, AddImpl,
                                   .RemainingRets()
                                   .Attr<int64_t>("n_post")
                                   .Attr<bool>("column"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxplasticColumns, ColumnsImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Ret<ffi::Buffer<ffi::DataType::S32>>()
+                                  .Attr<int64_t>("n_post")
+                                  .Attr<int64_t>("column_capacity"));

@@ -1,13 +1,15 @@
-"""Native CPU kernels for removing and adding synapses (XLA FFI custom calls).
+"""Native CPU kernels for removing and adding synapses, and for building the column view
+(XLA FFI custom calls).
 
-The kernels in ``structural.cc`` walk the changed synapses one by one and write only there,
+The editing kernels in ``structural.cc`` walk the changed synapses one by one and write only there,
 into buffers that XLA aliases to the outputs: in place when the projection is donated or a
 loop carry. Their references are the data-parallel XLA versions in ``jaxplastic`` (the
-primitives ``remove_synapses`` and ``add_synapses``); the results are identical bit for bit.
+primitives ``remove_synapses`` and ``add_synapses``, and ``build_column_view``, whose stable
+sort the column kernel replaces by one counting pass); the results are identical bit for bit.
 
 The shared library is compiled when the package is built (``hatch_build.py``); where no C++
 compiler was available, :func:`available` is False and jaxplastic uses its XLA versions.
-Both kernels take any leading batch dimensions (``vmap``: one projection per entry), which
+The kernels take any leading batch dimensions (``vmap``: one projection per entry), which
 they share out over XLA's CPU thread pool.
 """
 
@@ -40,7 +42,7 @@ def load_error() -> str | None:
         lib = ctypes.cdll.LoadLibrary(str(LIBRARY))
     except OSError as e:  # built for another machine or C++ runtime
         return f"{LIBRARY.name} does not load here: {e}"
-    for name in ("JaxplasticRemove", "JaxplasticAdd"):
+    for name in ("JaxplasticRemove", "JaxplasticAdd", "JaxplasticColumns"):
         jax.ffi.register_ffi_target(
             f"jaxplastic_{name[len('Jaxplastic') :].lower()}",
             jax.ffi.pycapsule(getattr(lib, name)),
@@ -145,3 +147,28 @@ def add(
     new = dict(synapses)
     new.update(zip(names, rest, strict=True))
     return status, counts, post, changed, column, new
+
+
+def columns(
+    post: jax.Array, n_post: int, column_capacity: int
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """The column view of ``post`` (``[..., pre, cap]``, int32 or int64) from scratch:
+    ``(pre_slot [..., n_post, column_capacity], position [..., pre, cap], counts
+    int32[..., n_post])``, each column listing its slots in slot order.
+
+    ``counts`` are the columns' lengths. Where one exceeds ``column_capacity`` its last slots
+    are missing from ``pre_slot`` (their ``position`` is still their place in the column):
+    the caller must report it.
+    """
+    _require()
+    batch = post.shape[:-2]
+    results = [
+        jax.ShapeDtypeStruct((*batch, n_post, column_capacity), post.dtype),
+        jax.ShapeDtypeStruct(post.shape, post.dtype),
+        jax.ShapeDtypeStruct((*batch, n_post), jnp.int32),
+    ]
+    return tuple(
+        jax.ffi.ffi_call("jaxplastic_columns", results, vmap_method="broadcast_all")(
+            post, n_post=np.int64(n_post), column_capacity=np.int64(column_capacity)
+        )
+    )

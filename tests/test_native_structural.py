@@ -2,7 +2,8 @@
 
 Both implementations must give the same projection, the same ``changed`` mask and the same
 counts, bit for bit, on random states with heavy contention (repeated proposals, full rows
-and columns, out-of-range entries), alone, inside ``update_rows``, and under ``vmap``.
+and columns, out-of-range entries), alone, inside ``update_rows``, and under ``vmap``; and
+the same column view when building it from scratch.
 """
 
 import shutil
@@ -15,6 +16,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 import jaxplastic as jp
+from jaxplastic._connectivity import _column_arrays, _column_arrays_xla, build_column_view
 from native_kernels import structural as native
 
 from .examples.rules import grow_random, prune_below
@@ -144,7 +146,7 @@ def test_native_under_donation_equals_the_xla_version():
 def _custom_call_targets(fn, *args, platform):
     lowered = jax.jit(fn).trace(*args).lower(lowering_platforms=(platform,))
     text = lowered.as_text()
-    return {t for t in ("jaxplastic_remove", "jaxplastic_add") if t in text}
+    return {t for t in ("jaxplastic_remove", "jaxplastic_add", "jaxplastic_columns") if t in text}
 
 
 @built
@@ -164,6 +166,19 @@ def test_auto_takes_the_native_kernels_on_cpu_only():
     assert _custom_call_targets(lambda c: step(c, "xla"), conn, platform="cpu") == set()
     # A program lowered for a GPU holds no CPU custom call.
     assert _custom_call_targets(lambda c: step(c, "auto"), conn, platform="cuda") == set()
+
+    def build(post, impl):  # without build_column_view's overflow check, a CPU callback
+        return _column_arrays(post, conn.n_post, 5, impl)
+
+    for impl, platform, expected in [
+        ("auto", "cpu", {"jaxplastic_columns"}),
+        ("xla", "cpu", set()),
+        ("auto", "cuda", set()),
+    ]:
+        got = _custom_call_targets(
+            lambda p, impl=impl: build(p, impl), conn.post, platform=platform
+        )
+        assert got == expected, (impl, platform)
 
 
 def test_impl_argument_is_checked():
@@ -213,3 +228,51 @@ def test_int64_indices_equal_the_xla_version():
             out[impl] = (c, removed.merge(added))
         assert_trees_equal(out["native"], out["xla"])
         assert int(out["native"][1].added) > 0 and int(out["native"][1].removed) > 0
+        # The column view built from scratch.
+        built_native = build_column_view(conn.post, conn.n_post, 7, impl="native")
+        assert_trees_equal(built_native, build_column_view(conn.post, conn.n_post, 7, impl="xla"))
+
+
+_columns_native = jax.jit(native.columns, static_argnums=(1, 2))
+_columns_xla = jax.jit(_column_arrays_xla, static_argnums=(1, 2))
+
+
+@built
+@settings(max_examples=25, deadline=None)
+@given(
+    st.integers(0, 2**31),
+    st.sampled_from([(9, 7, 4), (30, 50, 12), (64, 40, 8), (5, 300, 40), (1, 1, 1)]),
+    st.integers(1, 12),
+)
+def test_column_build_equals_the_xla_version(seed, shape, column_capacity):
+    # Random rows of distinct targets, some columns over capacity: the counts, the positions
+    # (also of the slots that do not fit) and pre_slot must all agree.
+    n_pre, n_post, cap = shape
+    rng = np.random.default_rng(seed)
+    post = np.full((n_pre, cap), n_post, np.int32)
+    for i in range(n_pre):
+        k = rng.integers(0, min(cap, n_post) + 1)
+        post[i, rng.choice(cap, k, replace=False)] = rng.choice(n_post, k, replace=False)
+    post = jnp.asarray(post)
+    got = _columns_native(post, n_post, column_capacity)
+    assert_trees_equal(got, _columns_xla(post, n_post, column_capacity))
+    counts = np.bincount(np.asarray(post).ravel(), minlength=n_post + 1)[:n_post]
+    np.testing.assert_array_equal(got[2], counts)
+
+
+@built
+def test_column_build_under_vmap_and_its_overflow_errors():
+    posts = jnp.stack([_state(s, 12, 9, 5, None, fill=5).post for s in range(3)])
+    got = jax.vmap(lambda p: native.columns(p, 9, 8))(posts)
+    assert_trees_equal(got, jax.vmap(lambda p: _column_arrays_xla(p, 9, 8))(posts))
+    for b in range(3):
+        assert_trees_equal(jax.tree.map(lambda x, b=b: x[b], got), _columns_native(posts[b], 9, 8))
+    # A column over capacity is an error, eagerly and under jit.
+    longest = int(np.bincount(np.asarray(posts[0]).ravel(), minlength=10)[:9].max())
+    with pytest.raises(ValueError, match="over column_capacity"):
+        build_column_view(posts[0], 9, longest - 1, impl="native")
+    jitted = jax.jit(build_column_view, static_argnums=(1, 2), static_argnames="impl")
+    with pytest.raises(Exception, match="exceeds column_capacity"):
+        jax.block_until_ready(jitted(posts[0], 9, longest - 1, impl="native"))
+    with pytest.raises(ValueError, match="impl"):
+        build_column_view(posts[0], 9, longest, impl="fast")
