@@ -100,7 +100,8 @@ step bench_deep_r 90 "$PY" benchmarks/deep_r.py "${deepr[@]}" --out "$out/deep_r
 step bench_topomap 90 "$PY" benchmarks/topomap.py --xla-threads all "${topo[@]}" \
   --out "$out/topomap.json"
 step tests_core 300 "${pytest[@]}" -m "not slow" \
-  tests/test_propagate.py tests/test_eprop_factorized.py tests/test_structural.py
+  tests/test_propagate.py tests/test_eprop_factorized.py tests/test_structural.py \
+  tests/test_connectivity.py
 # The native CPU kernels (built here, against our jaxlib) under the image's newer jaxlib.
 step tests_native_cpu 120 env JAX_PLATFORMS=cpu "${pytest[@]}" tests/test_native_structural.py
 echo "== done in $((SECONDS - started)) s, failed=$failed"

@@ -269,15 +269,17 @@ def _column_arrays_xla(post, n_post, column_capacity):
     target = post.ravel()
     order = jnp.argsort(target, stable=True)
     sorted_target = target[order]
-    # Each column's first place in the sorted order: the slots of lower targets before it
-    # (a searchsorted here is a 20-step loop of small kernels on a GPU).
-    counts = jnp.bincount(target, length=n_post + 1)
-    start = jnp.cumsum(counts) - counts
-    pos_sorted = jnp.arange(num_slots, dtype=idx) - start[sorted_target].astype(idx)
-    position = jnp.zeros(num_slots, idx).at[order].set(pos_sorted)
     live = target != n_post
+    # The free slots are left out of the counts (on a GPU, every one of them would be an
+    # atomic add to the same counter).
+    counts = jnp.zeros(n_post, jnp.int32).at[jnp.where(live, target, n_post)].add(1, mode="drop")
+    # Each column's first place in the sorted order: the slots of lower targets before it
+    # (a searchsorted here is a 20-step loop of small kernels on a GPU). The free slots
+    # sort last, from start[n_post] on; their positions are replaced below.
+    start = jnp.concatenate([jnp.zeros(1, jnp.int32), jnp.cumsum(counts)])
+    pos_sorted = jnp.arange(num_slots, dtype=idx) - start[sorted_target].astype(idx)
+    position = jnp.zeros(num_slots, idx).at[order].set(pos_sorted, unique_indices=True)
     position = jnp.where(live, position, column_capacity)
-    counts = counts[:n_post].astype(jnp.int32)
     pre_slot = jnp.full((n_post, column_capacity), num_slots, idx)
     pre_slot = pre_slot.at[target, position].set(jnp.arange(num_slots, dtype=idx), mode="drop")
     return pre_slot, position.reshape(n_pre, cap), counts

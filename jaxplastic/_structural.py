@@ -166,6 +166,8 @@ def _pack_bits(mask: Bool[Array, "k n"]) -> Shaped[Array, "k words"]:
     """
     k, width = mask.shape
     n_words = -(-width // _WORD)
+    if n_words == 0:
+        return jnp.zeros((k, 0), jnp.uint32)
     if width > _UNROLL:
         padded = jnp.pad(mask, ((0, 0), (0, n_words * _WORD - width)))
         bits = padded.reshape(k, n_words, _WORD).astype(jnp.uint32)
@@ -597,14 +599,19 @@ def _repeated_in_rows(
 def _free_words(
     table: Int[Array, "n width"], index: Int[Array, " k"], sentinel: int
 ) -> Shaped[Array, "k words"]:
-    """Packed free-entry masks (``table == sentinel``) of the rows ``index`` of ``table``."""
+    """Packed free-entry masks (``table == sentinel``) of the rows ``index`` of ``table``.
+
+    The result is materialised (an optimisation barrier): XLA would otherwise fuse the
+    gather and the packing into every reduction over the proposals that reads the words
+    (e.g. "is any proposal undecided"), and redo them in a single thread block on a GPU.
+    """
     if index.shape[0] < table.shape[0]:
-        return _pack_bits(table[index] == sentinel)
+        return lax.optimization_barrier(_pack_bits(table[index] == sentinel))
     # At least one proposal per row: pack every row once and gather a few words per proposal.
     # The packed words are materialised first: XLA would otherwise fuse the packing into the
     # gather and redo it for every proposal.
     words = lax.optimization_barrier(_pack_bits(table == sentinel))
-    return words[index]
+    return lax.optimization_barrier(words[index])
 
 
 def add_synapses(
@@ -730,6 +737,11 @@ def _add_xla(
     proposed = targets != n_post
     in_range = (rows >= 0) & (rows < n_pre) & (targets >= 0) & (targets < n_post)
     out_of_range = proposed & ~in_range
+    if n_pre == 0 or n_post == 0:  # no proposal can be in range (and nothing to gather)
+        z = _zero_count()
+        changed = jnp.zeros(conn.post.shape, bool) if changed is None else changed
+        info = RewireInfo(changed, z, z, z, z, z, _count(out_of_range))
+        return conn, info, jnp.zeros(k, bool)
     safe_rows = jnp.where(in_range, rows, 0)
     safe_targets = jnp.where(in_range, targets, 0)
 

@@ -54,6 +54,15 @@ ffi::Error Shape2(const ffi::AnyBuffer& b, int64_t* rows, int64_t* cols) {
   return ffi::Error::Success();
 }
 
+// The number of batch entries: the product of the dimensions before the last two (also when
+// a projection has no slots, so that its results are still written).
+int64_t Batch(const ffi::AnyBuffer& b) {
+  auto dims = b.dimensions();
+  int64_t n = 1;
+  for (size_t d = 0; d + 2 < dims.size(); ++d) n *= dims[d];
+  return n;
+}
+
 // Views of the (aliased) output buffers: XLA has already copied each input into its output
 // when it could not reuse the input's buffer.
 struct Projection {
@@ -349,7 +358,7 @@ ffi::Error ReadProjection(const ffi::RemainingRets& rets, size_t first, size_t r
   p->n_post = n_post;
   p->column = column;
   p->post = Bytes(post_buf);
-  p->batch = p->n_pre * p->cap == 0 ? 0 : Count(post_buf) / (p->n_pre * p->cap);
+  p->batch = Batch(post_buf);
   size_t next = rest;
   if (column) {
     auto position = rets.get<ffi::AnyBuffer>(next++);
@@ -464,7 +473,7 @@ ffi::Error ColumnsImpl(ffi::ThreadPool pool, ffi::AnyBuffer post, ffi::Result<ff
       position->element_type() != post.element_type()) {
     return ffi::Error::InvalidArgument("jaxplastic_columns: results must have post's dtype");
   }
-  const int64_t batch = n_pre * cap == 0 ? 0 : Count(post) / (n_pre * cap);
+  const int64_t batch = Batch(post);
   int32_t* cn = counts->typed_data();
   if (post.element_type() == ffi::DataType::S64) {
     ParallelFor(pool, batch, [&](int64_t b) {

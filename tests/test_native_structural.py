@@ -276,3 +276,25 @@ def test_column_build_under_vmap_and_its_overflow_errors():
         jax.block_until_ready(jitted(posts[0], 9, longest - 1, impl="native"))
     with pytest.raises(ValueError, match="impl"):
         build_column_view(posts[0], 9, longest, impl="fast")
+
+
+@pytest.mark.parametrize("impl", ["xla", pytest.param("native", marks=built)])
+@pytest.mark.parametrize("shape", [(0, 2), (3, 0)])
+def test_projections_without_rows_or_slots(impl, shape):
+    # Nothing fits, every result is still written: out of range without rows; row full (and
+    # then a repeat) without slots.
+    n_post = 5
+    post = jnp.full(shape, n_post, jnp.int32)
+    conn = jp.RaggedConnectivity(post, {"weight": jnp.zeros(shape)}, None, n_post)
+    conn = conn.with_column_view(3)
+    assert_trees_equal(
+        conn.column, build_column_view(post, n_post, 3, impl="xla" if impl == "native" else impl)
+    )
+    assert (conn.column.pre_slot == 0).all()  # the free-entry sentinel: no slots
+    new, info = jp.remove_synapses(conn, jnp.ones(shape, bool), impl=impl)
+    assert int(info.removed) == 0
+    rows, targets = jnp.array([0, 1, 0, 1]), jnp.array([1, 2, n_post, 2])
+    new, info = jp.add_synapses(new, rows, targets, impl=impl)
+    counts = [int(x) for x in info[1:]]  # removed, added, duplicate, row, column, range
+    assert counts == ([0, 0, 0, 0, 0, 3] if shape[0] == 0 else [0, 0, 1, 2, 0, 0])
+    assert_trees_equal(new, conn)
