@@ -599,19 +599,14 @@ def _repeated_in_rows(
 def _free_words(
     table: Int[Array, "n width"], index: Int[Array, " k"], sentinel: int
 ) -> Shaped[Array, "k words"]:
-    """Packed free-entry masks (``table == sentinel``) of the rows ``index`` of ``table``.
-
-    The result is materialised (an optimisation barrier): XLA would otherwise fuse the
-    gather and the packing into every reduction over the proposals that reads the words
-    (e.g. "is any proposal undecided"), and redo them in a single thread block on a GPU.
-    """
+    """Packed free-entry masks (``table == sentinel``) of the rows ``index`` of ``table``."""
     if index.shape[0] < table.shape[0]:
-        return lax.optimization_barrier(_pack_bits(table[index] == sentinel))
+        return _pack_bits(table[index] == sentinel)
     # At least one proposal per row: pack every row once and gather a few words per proposal.
     # The packed words are materialised first: XLA would otherwise fuse the packing into the
     # gather and redo it for every proposal.
     words = lax.optimization_barrier(_pack_bits(table == sentinel))
-    return lax.optimization_barrier(words[index])
+    return words[index]
 
 
 def add_synapses(
