@@ -10,7 +10,8 @@
 # which does not depend on the Python version) into `.whl/` (git-ignored). The check
 # installs it without dependencies into a private folder (nothing in the image is replaced),
 # runs the `gpu`-marked Pallas tests (the kernels compiled for the GPU) with JAX_PLATFORMS=cuda,
-# then the benchmarks, then the propagation, factorized e-prop and structural tests. Every step
+# then the benchmarks, then the propagation, factorized e-prop, structural and connectivity
+# tests, and the native CPU kernels' tests (JAX_PLATFORMS=cpu). Every step
 # has its own time limit, and all of them share one budget (GPU_CHECK_BUDGET seconds, default
 # 540), so one hang does not eat the rest; the script goes on after a failure and exits
 # non-zero if any step failed or was skipped. Everything it prints goes to
