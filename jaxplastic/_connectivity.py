@@ -22,7 +22,16 @@ import numpy as np
 
 from native_kernels import structural as _native
 
-from ._custom_types import Array, ArrayLike, Bool, Float, Int, PRNGKeyArray, Shaped
+from ._custom_types import (
+    Array,
+    ArrayLike,
+    Bool,
+    Float,
+    Int,
+    NativeImpl,
+    PRNGKeyArray,
+    Shaped,
+)
 
 __all__ = [
     "ColumnView",
@@ -39,6 +48,9 @@ Initializer = Callable[[PRNGKeyArray, tuple[int, ...], Any], Array]
 
 def _is_concrete(*xs) -> bool:
     return not any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(xs))
+
+
+_IMPLS = ("auto", "native", "xla")  # the values of NativeImpl
 
 
 def _index_dtype():
@@ -198,7 +210,7 @@ class RaggedConnectivity(eqx.Module):
 
 
 def build_column_view(
-    post: Int[Array, "pre cap"], n_post: int, column_capacity: int, *, impl: str = "auto"
+    post: Int[Array, "pre cap"], n_post: int, column_capacity: int, *, impl: NativeImpl = "auto"
 ) -> ColumnView:
     """Builds the column index of ``post`` from scratch: every column lists its synapses in
     slot order (row-major), from entry 0.
@@ -231,9 +243,6 @@ def build_column_view(
             position, jnp.any(counts > column_capacity), "a column exceeds column_capacity"
         )
     return ColumnView(pre_slot=pre_slot, position=position)
-
-
-_IMPLS = ("auto", "native", "xla")
 
 
 @functools.partial(jax.jit, static_argnums=(1, 2, 3))

@@ -10,8 +10,12 @@ from jaxtyping import Array, ArrayLike, Bool, Float, Int, PRNGKeyArray, Shaped
 
 if TYPE_CHECKING:
     Impl: TypeAlias = Literal["auto", "xla", "pallas"]
+    # Operations with a native CPU kernel: "auto" takes it where the program runs on a CPU
+    # and the kernel was built, the XLA version elsewhere.
+    NativeImpl: TypeAlias = Literal["auto", "native", "xla"]
 else:
     Impl = str
+    NativeImpl = str
 
 SlotInt: TypeAlias = Int[Array, "pre cap"]
 SlotBool: TypeAlias = Bool[Array, "pre cap"]
@@ -24,6 +28,7 @@ __all__ = [
     "Float",
     "Impl",
     "Int",
+    "NativeImpl",
     "PRNGKeyArray",
     "Shaped",
     "SlotArray",

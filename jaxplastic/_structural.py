@@ -10,7 +10,7 @@ placed are refused and counted by cause, never silently dropped.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any, Literal, NamedTuple
+from typing import Any, NamedTuple
 
 import equinox as eqx
 import jax
@@ -21,8 +21,8 @@ from jax import lax
 
 from native_kernels import structural as _native
 
-from ._connectivity import ColumnView, RaggedConnectivity
-from ._custom_types import Array, ArrayLike, Bool, Int, PRNGKeyArray, Shaped
+from ._connectivity import _IMPLS, ColumnView, RaggedConnectivity
+from ._custom_types import Array, ArrayLike, Bool, Int, NativeImpl, PRNGKeyArray, Shaped
 
 __all__ = [
     "RewireInfo",
@@ -234,9 +234,6 @@ def _nth_bit(words: Shaped[Array, "k words"], n: Int[Array, " k"], width: int) -
 
 # -- implementation choice --------------------------------------------------------------------
 
-Impl = Literal["auto", "native", "xla"]
-_IMPLS = ("auto", "native", "xla")
-
 
 def _native_fits(conn: RaggedConnectivity) -> bool:
     """Whether the native kernels handle this projection's index dtypes."""
@@ -247,7 +244,7 @@ def _native_fits(conn: RaggedConnectivity) -> bool:
     return col is None or (col.pre_slot.dtype == dtype and col.position.dtype == dtype)
 
 
-def _use_native(conn: RaggedConnectivity, impl: Impl) -> bool:
+def _use_native(conn: RaggedConnectivity, impl: NativeImpl) -> bool:
     """Static choice: the native CPU kernel (``"native"``, or ``"auto"`` where it is built and
     fits the projection) or the XLA implementation (``"xla"``)."""
     if impl not in _IMPLS:
@@ -269,7 +266,7 @@ def _use_native(conn: RaggedConnectivity, impl: Impl) -> bool:
     return _native.available() and _native_fits(conn)
 
 
-def _per_platform(impl: Impl, native: Callable, xla: Callable, *args):
+def _per_platform(impl: NativeImpl, native: Callable, xla: Callable, *args):
     """``native(*args)`` when compiled for a CPU, else ``xla(*args)``; ``impl="native"``
     always takes the native kernel (a CPU-only custom call)."""
     if impl == "native":
@@ -292,7 +289,7 @@ def _with(conn: RaggedConnectivity, post, column, synapses) -> RaggedConnectivit
 
 
 def remove_synapses(
-    conn: RaggedConnectivity, mask: Bool[ArrayLike, "pre cap"], *, impl: Impl = "auto"
+    conn: RaggedConnectivity, mask: Bool[ArrayLike, "pre cap"], *, impl: NativeImpl = "auto"
 ) -> tuple[RaggedConnectivity, RewireInfo]:
     """Removes the synapses at the masked slots.
 
@@ -615,7 +612,7 @@ def add_synapses(
     targets: Int[ArrayLike, " k"],
     values: Mapping[str, Shaped[ArrayLike, " k"]] | None = None,
     *,
-    impl: Impl = "auto",
+    impl: NativeImpl = "auto",
 ) -> tuple[RaggedConnectivity, RewireInfo]:
     """Adds synapses ``rows[e] -> targets[e]`` into free slots, refusing what cannot fit.
 
@@ -670,7 +667,7 @@ def _add(
     values: Mapping[str, Shaped[ArrayLike, " k"]],
     rows_sorted: bool = False,
     changed: Bool[Array, "pre cap"] | None = None,
-    impl: Impl = "auto",
+    impl: NativeImpl = "auto",
 ) -> tuple[RaggedConnectivity, RewireInfo, Bool[Array, " k"]]:
     """:func:`add_synapses` on checked inputs; also returns which proposals were placed.
 
@@ -863,7 +860,7 @@ def _add_row_blocks(
     values: Mapping[str, Shaped[ArrayLike, "m width"]],
     rows_sorted: bool,
     before: RewireInfo,
-    impl: Impl = "auto",
+    impl: NativeImpl = "auto",
 ) -> tuple[RaggedConnectivity, RewireInfo]:
     """:func:`add_synapses` of ``width`` proposals for each of the distinct rows ``row_index``
     (increasing when ``rows_sorted``), after a step that ``before`` records; returns the
@@ -1005,7 +1002,7 @@ def update_rows(
     pre: Any = None,
     post: Any = None,
     rows: Int[ArrayLike, " m"] | None = None,
-    impl: Impl = "auto",
+    impl: NativeImpl = "auto",
 ) -> tuple[RaggedConnectivity, RewireInfo]:
     """Applies a per-row structural rule to every row in parallel: remove, then add.
 

@@ -1,9 +1,9 @@
 """Native CPU kernels for removing and adding synapses, and for building the column view
 (XLA FFI custom calls).
 
-The editing kernels in ``structural.cc`` walk the changed synapses one by one and write only there,
-into buffers that XLA aliases to the outputs: in place when the projection is donated or a
-loop carry. Their references are the data-parallel XLA versions in ``jaxplastic`` (the
+The editing kernels in ``structural.cc`` walk the changed synapses one by one and write only
+there, into buffers that XLA aliases to the outputs: in place when the projection is donated
+or a loop carry. Their references are the data-parallel XLA versions in ``jaxplastic`` (the
 primitives ``remove_synapses`` and ``add_synapses``, and ``build_column_view``, whose stable
 sort the column kernel replaces by one counting pass); the results are identical bit for bit.
 
