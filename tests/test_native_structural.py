@@ -207,6 +207,16 @@ def test_without_the_library_auto_uses_xla_and_native_says_why(monkeypatch):
     assert int(info.removed) == int(conn.alive[0, 0])
     with pytest.raises(RuntimeError, match="is missing"):
         jp.add_synapses(conn, jnp.array([1]), jnp.array([2]), impl="native")
+    # The column view's build too. A shape no other test uses: the build's jitted part
+    # chooses its implementation when it is traced, and a cached trace would not ask again.
+    post = jnp.asarray(np.random.default_rng(3).integers(0, 12, (7, 3)), jnp.int32)
+    lowered = jax.jit(lambda p: _column_arrays(p, 11, 9, "auto")).trace(post).lower()
+    assert "jaxplastic_columns" not in lowered.as_text()
+    view = build_column_view(post, 11, 9)
+    expected = jax.jit(_column_arrays_xla, static_argnums=(1, 2))(post, 11, 9)
+    assert_trees_equal((view.pre_slot, view.position), expected[:2])
+    with pytest.raises(RuntimeError, match="is missing"):
+        build_column_view(post, 11, 9, impl="native")
 
 
 @built
