@@ -225,8 +225,6 @@ def build_column_view(
     """
     if not isinstance(column_capacity, int) or column_capacity < 1:
         raise ValueError(f"column_capacity: expected a positive int, got {column_capacity!r}")
-    if impl not in _IMPLS:
-        raise ValueError(f"impl: expected one of {_IMPLS}, got {impl!r}")
     n_pre, cap = post.shape
     _check_index_width(n_pre, n_post, cap, column_capacity)
     pre_slot, position, counts = _column_arrays(post, n_post, column_capacity, impl)
@@ -245,11 +243,15 @@ def build_column_view(
     return ColumnView(pre_slot=pre_slot, position=position)
 
 
-@functools.partial(jax.jit, static_argnums=(1, 2, 3))
-def _column_arrays(post, n_post, column_capacity, impl):
-    """``(pre_slot, position, counts)`` of :func:`build_column_view` (``counts``: int32
-    column lengths, which may exceed ``column_capacity``)."""
-    fits = post.dtype == _index_dtype()
+def _use_native_kernel(impl: NativeImpl, fits: bool, needs: str) -> bool:
+    """Static choice between an operation's native CPU kernel and its XLA version:
+    ``"native"`` (which raises, saying why, if the kernel is not built or ``fits`` is False;
+    ``needs`` says what it needs), ``"auto"`` (the kernel where it is built and fits) or
+    ``"xla"``."""
+    if impl not in _IMPLS:
+        raise ValueError(f"impl: expected one of {_IMPLS}, got {impl!r}")
+    if impl == "xla":
+        return False
     if impl == "native":
         if not _native.available():
             raise RuntimeError(
@@ -257,18 +259,33 @@ def _column_arrays(post, n_post, column_capacity, impl):
                 " use impl='auto' or 'xla'"
             )
         if not fits:
-            raise ValueError(
-                f"impl='native': expected `post` of the index dtype {jnp.dtype(_index_dtype())}, "
-                f"got {post.dtype}"
-            )
-        return _native.columns(post, n_post, column_capacity)
-    if impl == "auto" and fits and _native.available():
-        return jax.lax.platform_dependent(
-            post,
-            cpu=lambda p: _native.columns(p, n_post, column_capacity),
-            default=lambda p: _column_arrays_xla(p, n_post, column_capacity),
-        )
-    return _column_arrays_xla(post, n_post, column_capacity)
+            raise ValueError(f"impl='native': {needs}")
+        return True
+    return fits and _native.available()
+
+
+def _per_platform(impl: NativeImpl, native: Callable, xla: Callable, *args):
+    """``native(*args)`` when compiled for a CPU, else ``xla(*args)``; ``impl="native"``
+    always takes the native kernel (a CPU-only custom call)."""
+    if impl == "native":
+        return native(*args)
+    return jax.lax.platform_dependent(*args, cpu=native, default=xla)
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2, 3))
+def _column_arrays(post, n_post, column_capacity, impl):
+    """``(pre_slot, position, counts)`` of :func:`build_column_view` (``counts``: int32
+    column lengths, which may exceed ``column_capacity``)."""
+    fits = post.dtype == _index_dtype()
+    needs = f"expected `post` of the index dtype {jnp.dtype(_index_dtype())}, got {post.dtype}"
+    if not _use_native_kernel(impl, fits, needs):
+        return _column_arrays_xla(post, n_post, column_capacity)
+    return _per_platform(
+        impl,
+        lambda p: _native.columns(p, n_post, column_capacity),
+        lambda p: _column_arrays_xla(p, n_post, column_capacity),
+        post,
+    )
 
 
 def _column_arrays_xla(post, n_post, column_capacity):

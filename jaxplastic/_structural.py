@@ -21,7 +21,7 @@ from jax import lax
 
 from native_kernels import structural as _native
 
-from ._connectivity import _IMPLS, ColumnView, RaggedConnectivity
+from ._connectivity import ColumnView, RaggedConnectivity, _per_platform, _use_native_kernel
 from ._custom_types import Array, ArrayLike, Bool, Int, NativeImpl, PRNGKeyArray, Shaped
 
 __all__ = [
@@ -247,31 +247,11 @@ def _native_fits(conn: RaggedConnectivity) -> bool:
 def _use_native(conn: RaggedConnectivity, impl: NativeImpl) -> bool:
     """Static choice: the native CPU kernel (``"native"``, or ``"auto"`` where it is built and
     fits the projection) or the XLA implementation (``"xla"``)."""
-    if impl not in _IMPLS:
-        raise ValueError(f"impl: expected one of {_IMPLS}, got {impl!r}")
-    if impl == "xla":
-        return False
-    if impl == "native":
-        if not _native.available():
-            raise RuntimeError(
-                f"impl='native': the native CPU kernels are unavailable ({_native.load_error()});"
-                " use impl='auto' or 'xla'"
-            )
-        if not _native_fits(conn):
-            raise ValueError(
-                "impl='native': the native kernels need int32 or int64 `post` and column "
-                f"arrays of the same dtype, got post {conn.post.dtype}"
-            )
-        return True
-    return _native.available() and _native_fits(conn)
-
-
-def _per_platform(impl: NativeImpl, native: Callable, xla: Callable, *args):
-    """``native(*args)`` when compiled for a CPU, else ``xla(*args)``; ``impl="native"``
-    always takes the native kernel (a CPU-only custom call)."""
-    if impl == "native":
-        return native(*args)
-    return lax.platform_dependent(*args, cpu=native, default=xla)
+    needs = (
+        "the native kernels need int32 or int64 `post` and column arrays of the same dtype, "
+        f"got post {conn.post.dtype}"
+    )
+    return _use_native_kernel(impl, _native_fits(conn), needs)
 
 
 def _column_pair(conn: RaggedConnectivity) -> _native.Column | None:
