@@ -40,8 +40,6 @@ enum Status : int8_t {
   kNone = 5,
 };
 
-int64_t Count(const ffi::AnyBuffer& b) { return static_cast<int64_t>(b.element_count()); }
-
 size_t Width(const ffi::AnyBuffer& b) { return ffi::ByteWidth(b.element_type()); }
 
 char* Bytes(const ffi::AnyBuffer& b) { return static_cast<char*>(b.untyped_data()); }
@@ -296,11 +294,12 @@ void AddOne(const Projection& p, int64_t b, int64_t k, const I* rows, const I* t
 // caller reports the overflow). A target outside [0, n_post) is treated as a free slot.
 template <typename I>
 void ColumnsOne(int64_t n_pre, int64_t cap, int64_t n_post, int64_t col_cap, int64_t b,
-                const I* post, I* pre_slot, I* position, int32_t* counts) {
+                const ffi::AnyBuffer& post_buf, ffi::AnyBuffer& pre_slot_buf,
+                ffi::AnyBuffer& position_buf, int32_t* counts) {
   const int64_t slots = n_pre * cap;
-  post += b * slots;
-  position += b * slots;
-  pre_slot += b * n_post * col_cap;
+  const I* post = static_cast<const I*>(post_buf.untyped_data()) + b * slots;
+  I* position = static_cast<I*>(position_buf.untyped_data()) + b * slots;
+  I* pre_slot = static_cast<I*>(pre_slot_buf.untyped_data()) + b * n_post * col_cap;
   counts += b * n_post;
   std::fill(pre_slot, pre_slot + n_post * col_cap, static_cast<I>(slots));
   std::fill(counts, counts + n_post, 0);
@@ -473,45 +472,38 @@ ffi::Error ColumnsImpl(ffi::ThreadPool pool, ffi::AnyBuffer post, ffi::Result<ff
       position->element_type() != post.element_type()) {
     return ffi::Error::InvalidArgument("jaxplastic_columns: results must have post's dtype");
   }
-  const int64_t batch = Batch(post);
-  int32_t* cn = counts->typed_data();
-  if (post.element_type() == ffi::DataType::S64) {
-    ParallelFor(pool, batch, [&](int64_t b) {
-      ColumnsOne<int64_t>(n_pre, cap, n_post, column_capacity, b,
-                          static_cast<const int64_t*>(post.untyped_data()),
-                          static_cast<int64_t*>(pre_slot->untyped_data()),
-                          static_cast<int64_t*>(position->untyped_data()), cn);
-    });
-  } else if (post.element_type() == ffi::DataType::S32) {
-    ParallelFor(pool, batch, [&](int64_t b) {
-      ColumnsOne<int32_t>(n_pre, cap, n_post, column_capacity, b,
-                          static_cast<const int32_t*>(post.untyped_data()),
-                          static_cast<int32_t*>(pre_slot->untyped_data()),
-                          static_cast<int32_t*>(position->untyped_data()), cn);
-    });
-  } else {
+  const bool wide = post.element_type() == ffi::DataType::S64;
+  if (!wide && post.element_type() != ffi::DataType::S32) {
     return ffi::Error::InvalidArgument("jaxplastic_columns: post must be int32 or int64");
   }
+  int32_t* cn = counts->typed_data();
+  ParallelFor(pool, Batch(post), [&](int64_t b) {
+    (wide ? ColumnsOne<int64_t> : ColumnsOne<int32_t>)(n_pre, cap, n_post, column_capacity, b,
+                                                       post, *pre_slot, *position, cn);
+  });
   return ffi::Error::Success();
 }
 
 }  // namespace
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxplasticRemove, RemoveImpl,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .RemainingArgs()
-                                  .RemainingRets()
-                                  .Attr<int64_t>("n_post")
-                                  .Attr<bool>("column"));
+namespace {
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxplasticAdd, AddImpl,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .RemainingArgs()
-                                  .RemainingRets()
-                                  .Attr<int64_t>("n_post")
-                                  .Attr<bool>("column"));
+// The editing kernels' signature: any operands and results (the projection's variables vary),
+// the target sentinel and whether there is a column view.
+auto EditBinding() {
+  return ffi::Ffi::Bind()
+      .Ctx<ffi::ThreadPool>()
+      .RemainingArgs()
+      .RemainingRets()
+      .Attr<int64_t>("n_post")
+      .Attr<bool>("column");
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxplasticRemove, RemoveImpl, EditBinding());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxplasticAdd, AddImpl, EditBinding());
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxplasticColumns, ColumnsImpl,
                               ffi::Ffi::Bind()
