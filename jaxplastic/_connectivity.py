@@ -31,6 +31,7 @@ from ._custom_types import (
     NativeImpl,
     PRNGKeyArray,
     Shaped,
+    UInt32,
 )
 
 __all__ = [
@@ -77,18 +78,66 @@ class ColumnView(eqx.Module):
     ``pre_slot[j, c]`` is the flat slot index ``i * capacity + s`` of the ``c``-th incoming
     synapse of postsynaptic neuron ``j``, or the sentinel ``n_pre * capacity`` for a free column
     entry. ``position[i, s]`` is where slot ``(i, s)`` sits in its column (``column_capacity``
-    for a free slot), so a synapse is unlinked from its column in O(1).
+    for a free slot), so a synapse is unlinked from its column in O(1). ``free_bits[j, w]``
+    packs column ``j``'s free entries: bit ``b`` is set iff entry ``32 w + b`` is free (bits
+    past ``column_capacity`` are 0), so an addition finds its column's lowest free entry in
+    a few words (``n_post * ceil(column_capacity / 32)`` words in all, small enough to stay in
+    cache) instead of scanning the column.
 
     The view is exactly the transpose of the live slots; the structural primitives keep it so
-    incrementally. Order inside a column is not meaningful.
+    incrementally. Order inside a column is not meaningful. ``free_bits`` may be left out
+    (``ColumnView(pre_slot, position)``): it is then computed from ``pre_slot``.
     """
 
     pre_slot: Int[Array, "post colcap"]
     position: Int[Array, "pre cap"]
+    free_bits: UInt32[Array, "post colwords"]
+
+    def __init__(
+        self,
+        pre_slot: Int[Array, "post colcap"],
+        position: Int[Array, "pre cap"],
+        free_bits: UInt32[Array, "post colwords"] | None = None,
+    ):
+        self.pre_slot = pre_slot
+        self.position = position
+        if free_bits is None:
+            sentinel = position.shape[0] * position.shape[1]
+            free_bits = _pack_free(jnp.asarray(pre_slot) == sentinel)
+        self.free_bits = free_bits
 
     @property
     def column_capacity(self) -> int:
         return self.pre_slot.shape[1]
+
+
+def _pack_free(free: Bool[Array, "post colcap"]) -> UInt32[Array, "post colwords"]:
+    """Packs a ``[n, col_cap]`` mask into ``uint32[n, ceil(col_cap / 32)]`` words, bit
+    ``c % 32`` of word ``c // 32`` for entry ``c``."""
+    n, width = free.shape
+    n_words = -(-width // 32)
+    padded = jnp.pad(free, ((0, 0), (0, 32 * n_words - width)))
+    bits = padded.reshape(n, n_words, 32).astype(jnp.uint32)
+    shifts = jnp.arange(32, dtype=jnp.uint32)[None, None, :]
+    return jnp.sum(bits << shifts, axis=2, dtype=jnp.uint32)
+
+
+def _free_bits_from_counts(
+    counts: Int[Array, " post"], column_capacity: int
+) -> UInt32[Array, "post colwords"]:
+    """The packed free entries of columns whose live entries are ``[0, counts[j])`` (as a
+    rebuild lays them out): bits ``counts[j] .. column_capacity - 1``."""
+    n_words = -(-column_capacity // 32)
+    start = jnp.arange(n_words, dtype=jnp.int32) * 32
+    ones = jnp.uint32(0xFFFFFFFF)
+
+    def below(n):  # the low n bits, n in [0, 32]
+        low = (jnp.uint32(1) << jnp.clip(n, 0, 31).astype(jnp.uint32)) - 1
+        return jnp.where(n >= 32, ones, low)
+
+    live = jnp.clip(jnp.minimum(counts, column_capacity)[:, None] - start[None, :], 0, 32)
+    valid = jnp.clip(column_capacity - start, 0, 32)
+    return below(valid)[None, :] & ~below(live)
 
 
 class RaggedConnectivity(eqx.Module):
@@ -147,6 +196,13 @@ class RaggedConnectivity(eqx.Module):
                 raise ValueError(
                     f"column.position: expected shape {post.shape}, "
                     f"got {self.column.position.shape}"
+                )
+            words = (self.n_post, -(-col_cap // 32))
+            free_bits = self.column.free_bits
+            if free_bits.shape != words or free_bits.dtype != jnp.uint32:
+                raise ValueError(
+                    f"column.free_bits: expected uint32{words} (ceil(column_capacity / 32) "
+                    f"words per column), got {free_bits.dtype}{free_bits.shape}"
                 )
         _check_index_width(n_pre, self.n_post, cap, col_cap)
         if _is_concrete(self.post, self.synapses, self.column):
@@ -227,7 +283,7 @@ def build_column_view(
         raise ValueError(f"column_capacity: expected a positive int, got {column_capacity!r}")
     n_pre, cap = post.shape
     _check_index_width(n_pre, n_post, cap, column_capacity)
-    pre_slot, position, counts = _column_arrays(post, n_post, column_capacity, impl)
+    pre_slot, position, free_bits, counts = _column_arrays(post, n_post, column_capacity, impl)
     if _is_concrete(counts):
         counts_np = np.asarray(counts)
         if counts_np.size and counts_np.max() > column_capacity:
@@ -240,7 +296,7 @@ def build_column_view(
         position = eqx.error_if(
             position, jnp.any(counts > column_capacity), "a column exceeds column_capacity"
         )
-    return ColumnView(pre_slot=pre_slot, position=position)
+    return ColumnView(pre_slot=pre_slot, position=position, free_bits=free_bits)
 
 
 def _use_native_kernel(impl: NativeImpl, fits: bool, needs: str) -> bool:
@@ -274,18 +330,20 @@ def _per_platform(impl: NativeImpl, native: Callable, xla: Callable, *args):
 
 @functools.partial(jax.jit, static_argnums=(1, 2, 3))
 def _column_arrays(post, n_post, column_capacity, impl):
-    """``(pre_slot, position, counts)`` of :func:`build_column_view` (``counts``: int32
-    column lengths, which may exceed ``column_capacity``)."""
+    """``(pre_slot, position, free_bits, counts)`` of :func:`build_column_view` (``counts``:
+    int32 column lengths, which may exceed ``column_capacity``)."""
     fits = post.dtype == _index_dtype()
     needs = f"expected `post` of the index dtype {jnp.dtype(_index_dtype())}, got {post.dtype}"
     if not _use_native_kernel(impl, fits, needs):
-        return _column_arrays_xla(post, n_post, column_capacity)
-    return _per_platform(
-        impl,
-        lambda p: _native.columns(p, n_post, column_capacity),
-        lambda p: _column_arrays_xla(p, n_post, column_capacity),
-        post,
-    )
+        pre_slot, position, counts = _column_arrays_xla(post, n_post, column_capacity)
+    else:
+        pre_slot, position, counts = _per_platform(
+            impl,
+            lambda p: _native.columns(p, n_post, column_capacity),
+            lambda p: _column_arrays_xla(p, n_post, column_capacity),
+            post,
+        )
+    return pre_slot, position, _free_bits_from_counts(counts, column_capacity), counts
 
 
 def _column_arrays_xla(post, n_post, column_capacity):
@@ -389,6 +447,18 @@ def _check_column_view(conn: RaggedConnectivity, post: np.ndarray, alive: np.nda
         or (pre_slot[post[r, s], np.clip(pos_live, 0, col_cap - 1)] != r * cap + s).any()
     ):
         raise ValueError("column.position does not point back at each live slot")
+    n_words = conn.column.free_bits.shape[1]
+    free = np.pad(pre_slot == num_slots, ((0, 0), (0, 32 * n_words - col_cap)))
+    expected_bits = np.packbits(free.reshape(-1, n_words, 32), axis=2, bitorder="little")
+    expected_bits = expected_bits.view(np.uint32).reshape(-1, n_words)
+    free_bits = np.asarray(conn.column.free_bits)
+    wrong = free_bits != expected_bits
+    if wrong.any():
+        j, w = np.argwhere(wrong)[0]
+        raise ValueError(
+            f"column.free_bits[{j}, {w}] = {free_bits[j, w]:#010x} does not mark column {j}'s "
+            f"free entries {32 * w}..{32 * w + 31} (expected {expected_bits[j, w]:#010x})"
+        )
 
 
 # -- initialisation helpers ------------------------------------------------------------------

@@ -1,12 +1,13 @@
 """Type aliases shared across the package, in one axis vocabulary.
 
 Axis names: ``pre`` (presynaptic neurons), ``post`` (postsynaptic neurons), ``cap`` (row
-capacity, slots per presynaptic neuron), ``colcap`` (column capacity), ``batch``, ``time``.
+capacity, slots per presynaptic neuron), ``colcap`` (column capacity), ``colwords`` (32-bit
+words of a packed column mask, ``ceil(colcap / 32)``), ``batch``, ``time``.
 """
 
 from typing import TYPE_CHECKING, Literal, TypeAlias
 
-from jaxtyping import Array, ArrayLike, Bool, Float, Int, PRNGKeyArray, Shaped
+from jaxtyping import Array, ArrayLike, Bool, Float, Int, PRNGKeyArray, Shaped, UInt32
 
 if TYPE_CHECKING:
     Impl: TypeAlias = Literal["auto", "xla", "pallas"]
@@ -34,4 +35,5 @@ __all__ = [
     "SlotArray",
     "SlotBool",
     "SlotInt",
+    "UInt32",
 ]

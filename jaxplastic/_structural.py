@@ -232,6 +232,38 @@ def _nth_bit(words: Shaped[Array, "k words"], n: Int[Array, " k"], width: int) -
     return jnp.where(word < n_words, index, width)
 
 
+def _mark_entries(
+    free_bits: Shaped[Array, "post words"],
+    columns: Int[Array, "..."],
+    entries: Int[Array, "..."],
+    free: bool,
+) -> Shaped[Array, "post words"]:
+    """Sets (``free``) or clears the free bits of column entries ``(columns, entries)``,
+    which must be distinct; an out-of-range column is skipped. Entries that share a word are
+    summed into it: each adds or subtracts its own bit, so the sum is the OR (or AND NOT)."""
+    bit = jnp.uint32(1) << (entries % _WORD).astype(jnp.uint32)
+    if not free:
+        bit = jnp.uint32(0) - bit  # two's complement: adding it subtracts the (set) bit
+    return free_bits.at[columns, entries // _WORD].add(bit, mode="drop")
+
+
+def _repack_words(
+    free_bits: Shaped[Array, "post words"],
+    pre_slot: Int[Array, "post colcap"],
+    columns: Int[Array, " k"],
+    entries: Int[Array, " k"],
+    sentinel: int,
+) -> Shaped[Array, "post words"]:
+    """``free_bits`` with the words holding entries ``(columns, entries)`` packed afresh from
+    ``pre_slot`` (any repeats welcome; an out-of-range column is skipped): O(32 k)."""
+    word = (entries // _WORD).astype(jnp.int32)
+    index = word[:, None] * _WORD + jnp.arange(_WORD, dtype=jnp.int32)[None, :]
+    safe = jnp.minimum(columns, pre_slot.shape[0] - 1)[:, None]
+    # Entries past the column capacity read as live (no bit).
+    entry = pre_slot.at[safe, index].get(mode="fill", fill_value=0)
+    return free_bits.at[columns, word].set(_pack_bits(entry == sentinel)[:, 0], mode="drop")
+
+
 # -- implementation choice --------------------------------------------------------------------
 
 
@@ -241,7 +273,11 @@ def _native_fits(conn: RaggedConnectivity) -> bool:
     if dtype not in (jnp.int32, jnp.int64):
         return False
     col = conn.column
-    return col is None or (col.pre_slot.dtype == dtype and col.position.dtype == dtype)
+    return col is None or (
+        col.pre_slot.dtype == dtype
+        and col.position.dtype == dtype
+        and col.free_bits.dtype == jnp.uint32
+    )
 
 
 def _use_native(conn: RaggedConnectivity, impl: NativeImpl) -> bool:
@@ -256,12 +292,13 @@ def _use_native(conn: RaggedConnectivity, impl: NativeImpl) -> bool:
 
 def _column_pair(conn: RaggedConnectivity) -> _native.Column | None:
     col = conn.column
-    return None if col is None else (col.position, col.pre_slot)
+    return None if col is None else (col.position, col.pre_slot, col.free_bits)
 
 
 def _with(conn: RaggedConnectivity, post, column, synapses) -> RaggedConnectivity:
     if column is not None:
-        column = ColumnView(pre_slot=column[1], position=column[0])
+        position, pre_slot, free_bits = column
+        column = ColumnView(pre_slot=pre_slot, position=position, free_bits=free_bits)
     return RaggedConnectivity(post, synapses, column, conn.n_post)
 
 
@@ -324,9 +361,11 @@ def _remove_xla(
         # between the two at run time cost about what it saved; so the dense pass stays.
         flat_removed = jnp.append(removed.ravel(), False)
         sentinel = conn.n_pre * conn.capacity
-        pre_slot = jnp.where(flat_removed[column.pre_slot], sentinel, column.pre_slot)
+        unlinked = flat_removed[column.pre_slot]
+        pre_slot = jnp.where(unlinked, sentinel, column.pre_slot)
         position = jnp.where(removed, column.column_capacity, column.position)
-        column = ColumnView(pre_slot=pre_slot, position=position)
+        free_bits = column.free_bits | _pack_bits(unlinked)
+        column = ColumnView(pre_slot=pre_slot, position=position, free_bits=free_bits)
     new = RaggedConnectivity(post, synapses, column, conn.n_post)
     z = _zero_count()
     return new, RewireInfo(removed, _count(removed), z, z, z, z, z)
@@ -351,7 +390,8 @@ def _remove_in_rows(
         col_rows = jnp.where(removed, old_post, conn.n_post)  # out of bounds -> dropped
         pre_slot = column.pre_slot.at[col_rows, old_pos].set(sentinel, mode="drop")
         position = column.position.at[rows].set(jnp.where(removed, col_cap, old_pos))
-        column = ColumnView(pre_slot=pre_slot, position=position)
+        free_bits = _mark_entries(column.free_bits, col_rows, old_pos, free=True)
+        column = ColumnView(pre_slot=pre_slot, position=position, free_bits=free_bits)
     return RaggedConnectivity(post, synapses, column, conn.n_post), removed
 
 
@@ -382,12 +422,14 @@ def _remove_slots(
     if column is not None:
         col_cap = column.column_capacity
         pos = column.position.at[write_rows, slots].get(mode="fill", fill_value=col_cap)
-        pre_slot = column.pre_slot.at[jnp.where(removed, old, n_post), pos].set(
-            n_pre * conn.capacity, mode="drop"
-        )
+        col_rows = jnp.where(removed, old, n_post)  # out of bounds -> dropped
+        pre_slot = column.pre_slot.at[col_rows, pos].set(n_pre * conn.capacity, mode="drop")
         free = jnp.minimum(pos, 0) + col_cap  # = col_cap, but ordered after the read of `pos`
         position = column.position.at[write_rows, slots].set(free, mode="drop")
-        column = ColumnView(pre_slot=pre_slot, position=position)
+        # A slot listed twice frees its entry twice: the entries' words are repacked from
+        # the new pre_slot (the same value for every repeat) instead of adding bits.
+        free_bits = _repack_words(column.free_bits, pre_slot, col_rows, pos, n_pre * conn.capacity)
+        column = ColumnView(pre_slot=pre_slot, position=position, free_bits=free_bits)
     return RaggedConnectivity(post, synapses, column, n_post), removed
 
 
@@ -728,8 +770,7 @@ def _add_xla(
     room_row = _count_bits(row_free)
     column = conn.column
     if column is not None:
-        sentinel = n_pre * cap
-        col_free = _free_words(column.pre_slot, safe_targets, sentinel)
+        col_free = column.free_bits[safe_targets]  # [k, ceil(col_cap / 32)]
         room_col = _count_bits(col_free)
         by_target = _group_by(safe_targets, n_post)
 
@@ -810,7 +851,8 @@ def _add_xla(
         position = column.position.at[write_rows, slot].set(
             pos.astype(column.position.dtype), **scatter
         )
-        column = ColumnView(pre_slot=pre_slot, position=position)
+        free_bits = _mark_entries(column.free_bits, write_cols, pos, free=False)
+        column = ColumnView(pre_slot=pre_slot, position=position, free_bits=free_bits)
     new_conn = RaggedConnectivity(post, synapses, column, n_post)
     info = RewireInfo(
         changed=changed,

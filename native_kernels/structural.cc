@@ -9,6 +9,8 @@
 //   post [..., n_pre, cap]           target per slot, n_post = free
 //   position [..., n_pre, cap]       column position per slot, col_cap = free
 //   pre_slot [..., n_post, col_cap]  flat slot per column entry, n_pre * cap = free
+//   free_bits [..., n_post, col_words] uint32: bit c % 32 of word c / 32 set iff entry c is
+//                                    free (col_words = ceil(col_cap / 32))
 //   per-synapse variables [..., n_pre, cap] of any dtype; zero in a free slot.
 
 #include <algorithm>
@@ -64,11 +66,12 @@ int64_t Batch(const ffi::AnyBuffer& b) {
 // Views of the (aliased) output buffers: XLA has already copied each input into its output
 // when it could not reuse the input's buffer.
 struct Projection {
-  int64_t n_pre = 0, cap = 0, n_post = 0, col_cap = 0, batch = 0;
+  int64_t n_pre = 0, cap = 0, n_post = 0, col_cap = 0, col_words = 0, batch = 0;
   bool column = false;
   char* post = nullptr;
   char* position = nullptr;
   char* pre_slot = nullptr;
+  uint32_t* free_bits = nullptr;
   std::vector<char*> vars;
   std::vector<size_t> widths;
 };
@@ -111,6 +114,7 @@ int32_t RemoveOne(const Projection& p, int64_t b, const bool* mask, bool* remove
   I* post = reinterpret_cast<I*>(p.post) + b * slots;
   I* position = p.column ? reinterpret_cast<I*>(p.position) + b * slots : nullptr;
   I* pre_slot = p.column ? reinterpret_cast<I*>(p.pre_slot) + b * p.n_post * p.col_cap : nullptr;
+  uint32_t* free_bits = p.column ? p.free_bits + b * p.n_post * p.col_words : nullptr;
   mask += b * slots;
   removed += b * slots;
   const I n_post = static_cast<I>(p.n_post);
@@ -125,7 +129,9 @@ int32_t RemoveOne(const Projection& p, int64_t b, const bool* mask, bool* remove
     removed[e] = true;
     ++count;
     if (p.column) {
-      unlink.push_back(static_cast<int64_t>(post[e]) * p.col_cap + position[e]);
+      const int64_t t = post[e], c = position[e];
+      unlink.push_back(t * p.col_cap + c);
+      free_bits[t * p.col_words + c / 32] |= uint32_t{1} << (c % 32);
       position[e] = static_cast<I>(p.col_cap);
     }
     post[e] = n_post;
@@ -182,6 +188,14 @@ inline int64_t FindFirst<int32_t>(const int32_t* x, int64_t n, int32_t value) {
 }
 #endif
 
+// Index of the lowest set bit of words[0, n), or -1.
+inline int64_t LowestSetBit(const uint32_t* words, int64_t n) {
+  for (int64_t w = 0; w < n; ++w) {
+    if (words[w] != 0) return w * 32 + __builtin_ctz(words[w]);
+  }
+  return -1;
+}
+
 // Greedy in proposal order: a proposal is refused if out of range, if its target is already
 // in the row or repeats an earlier in-range proposal of the row, if its row has no free slot,
 // or (with a column view) if its column has no free entry; otherwise it takes the row's
@@ -194,23 +208,21 @@ void AddOne(const Projection& p, int64_t b, int64_t k, const I* rows, const I* t
   I* post = reinterpret_cast<I*>(p.post) + b * slots;
   I* position = p.column ? reinterpret_cast<I*>(p.position) + b * slots : nullptr;
   I* pre_slot = p.column ? reinterpret_cast<I*>(p.pre_slot) + b * p.n_post * p.col_cap : nullptr;
+  uint32_t* free_bits = p.column ? p.free_bits + b * p.n_post * p.col_words : nullptr;
   rows += b * k;
   targets += b * k;
   changed += b * slots;
   status += b * k;
   counts += b * 5;
   const I n_post = static_cast<I>(p.n_post);
-  const I sentinel = static_cast<I>(slots);
   for (int c = 0; c < 5; ++c) counts[c] = 0;
   // A first pass over the proposals lists the real ones (in range, not the "none" sentinel):
   // a rule's fixed-width proposals are mostly "none", and the scratch below is then sized
-  // and touched by the real ones only. Its reads are independent, so the processor overlaps
-  // their cache misses: it prefetches each row and finds each column's lowest free entry
-  // before this call; entries are only filled below, so the greedy pass searches from
-  // there, in lines this pass brought into the cache.
+  // and touched by the real ones only. It prefetches each proposal's row, and the column
+  // entry that the proposal would take now (its column's lowest free entry, from the packed
+  // free bits, which stay in cache): the greedy pass then finds them in the cache.
   std::memset(status, kNone, k);
   std::vector<int64_t> real;
-  std::vector<int32_t> col_start;
   for (int64_t i = 0; i < k; ++i) {
     const I t = targets[i], r = rows[i];
     if (t == n_post) continue;
@@ -222,8 +234,8 @@ void AddOne(const Projection& p, int64_t b, int64_t k, const I* rows, const I* t
     real.push_back(i);
     __builtin_prefetch(post + static_cast<int64_t>(r) * p.cap);
     if (p.column) {
-      const int64_t c = FindFirst(pre_slot + static_cast<int64_t>(t) * p.col_cap, p.col_cap, sentinel);
-      col_start.push_back(static_cast<int32_t>(c < 0 ? p.col_cap : c));
+      const int64_t c = LowestSetBit(free_bits + static_cast<int64_t>(t) * p.col_words, p.col_words);
+      if (c >= 0) __builtin_prefetch(pre_slot + static_cast<int64_t>(t) * p.col_cap + c, 1);
     }
   }
   const int64_t n_real = static_cast<int64_t>(real.size());
@@ -263,16 +275,17 @@ void AddOne(const Projection& p, int64_t b, int64_t k, const I* rows, const I* t
     }
     int64_t entry = -1;
     if (p.column) {
-      I* col = pre_slot + static_cast<int64_t>(t) * p.col_cap;
-      entry = FindFirst(col + col_start[j], p.col_cap - col_start[j], sentinel);
-      if (entry >= 0) entry += col_start[j];
+      uint32_t* bits = free_bits + static_cast<int64_t>(t) * p.col_words;
+      entry = LowestSetBit(bits, p.col_words);
       if (entry < 0) {
         status[i] = kColumnFull;
         ++counts[3];
         short_of_room[r] = true;
         continue;
       }
-      col[entry] = static_cast<I>(static_cast<int64_t>(r) * p.cap + free);
+      bits[entry / 32] &= ~(uint32_t{1} << (entry % 32));
+      pre_slot[static_cast<int64_t>(t) * p.col_cap + entry] =
+          static_cast<I>(static_cast<int64_t>(r) * p.cap + free);
     }
     const int64_t slot = static_cast<int64_t>(r) * p.cap + free;
     row[free] = t;
@@ -346,8 +359,8 @@ void ParallelFor(ffi::ThreadPool& pool, int64_t n, const Work& work) {
   state->finished.wait(lock, [&] { return state->done.load() == n; });
 }
 
-// Reads the projection from the results: post at `first`; from `rest` on, position and
-// pre_slot (with a column view), then the per-synapse variables.
+// Reads the projection from the results: post at `first`; from `rest` on, position,
+// pre_slot and free_bits (with a column view), then the per-synapse variables.
 ffi::Error ReadProjection(const ffi::RemainingRets& rets, size_t first, size_t rest,
                           size_t n_vars, int64_t n_post, bool column, Projection* p) {
   auto post = rets.get<ffi::AnyBuffer>(first);
@@ -362,12 +375,20 @@ ffi::Error ReadProjection(const ffi::RemainingRets& rets, size_t first, size_t r
   if (column) {
     auto position = rets.get<ffi::AnyBuffer>(next++);
     auto pre_slot = rets.get<ffi::AnyBuffer>(next++);
+    auto free_bits = rets.get<ffi::AnyBuffer>(next++);
     if (position.has_error()) return position.error();
     if (pre_slot.has_error()) return pre_slot.error();
-    int64_t col_rows = 0;
+    if (free_bits.has_error()) return free_bits.error();
+    int64_t col_rows = 0, bit_rows = 0;
     if (auto e = Shape2(**pre_slot, &col_rows, &p->col_cap); e.failure()) return e;
+    if (auto e = Shape2(**free_bits, &bit_rows, &p->col_words); e.failure()) return e;
+    if ((*free_bits)->element_type() != ffi::DataType::U32 || bit_rows != col_rows ||
+        p->col_words != (p->col_cap + 31) / 32) {
+      return ffi::Error::InvalidArgument("free_bits must be uint32[..., n_post, ceil(col_cap / 32)]");
+    }
     p->position = Bytes(**position);
     p->pre_slot = Bytes(**pre_slot);
+    p->free_bits = static_cast<uint32_t*>((*free_bits)->untyped_data());
   }
   for (size_t v = 0; v < n_vars; ++v) {
     auto var = rets.get<ffi::AnyBuffer>(next++);
@@ -378,11 +399,11 @@ ffi::Error ReadProjection(const ffi::RemainingRets& rets, size_t first, size_t r
   return ffi::Error::Success();
 }
 
-// Args: mask, post, [position, pre_slot], vars...   Rets: removed, count, post, [position,
-// pre_slot], vars... (each projection argument aliased to its result).
+// Args: mask, post, [position, pre_slot, free_bits], vars...   Rets: removed, count, post,
+// [position, pre_slot, free_bits], vars... (each projection argument aliased to its result).
 ffi::Error RemoveImpl(ffi::ThreadPool pool, ffi::RemainingArgs args, ffi::RemainingRets rets,
                       int64_t n_post, bool column) {
-  const size_t n_fixed = column ? 4 : 2;
+  const size_t n_fixed = column ? 5 : 2;
   if (args.size() < n_fixed || rets.size() != args.size() + 1) {
     return ffi::Error::InvalidArgument("jaxplastic_remove: wrong number of operands");
   }
@@ -412,11 +433,11 @@ ffi::Error RemoveImpl(ffi::ThreadPool pool, ffi::RemainingArgs args, ffi::Remain
   return ffi::Error::Success();
 }
 
-// Args: rows, targets, post, changed, [position, pre_slot], vars..., values...
-// Rets: status, counts, post, changed, [position, pre_slot], vars... (aliased).
+// Args: rows, targets, post, changed, [position, pre_slot, free_bits], vars..., values...
+// Rets: status, counts, post, changed, [position, pre_slot, free_bits], vars... (aliased).
 ffi::Error AddImpl(ffi::ThreadPool pool, ffi::RemainingArgs args, ffi::RemainingRets rets,
                    int64_t n_post, bool column) {
-  const size_t n_fixed = column ? 6 : 4;
+  const size_t n_fixed = column ? 7 : 4;
   if (args.size() < n_fixed || (args.size() - n_fixed) % 2 != 0 ||
       rets.size() != n_fixed + (args.size() - n_fixed) / 2) {
     return ffi::Error::InvalidArgument("jaxplastic_add: wrong number of operands");
@@ -432,11 +453,11 @@ ffi::Error AddImpl(ffi::ThreadPool pool, ffi::RemainingArgs args, ffi::Remaining
   if (status.has_error()) return status.error();
   if (counts.has_error()) return counts.error();
   if (changed.has_error()) return changed.error();
-  // The projection's results: post (2), then [position, pre_slot] and the variables from 4
-  // on; the `changed` result (3) sits between post and the column view.
+  // The projection's results: post (2), then [position, pre_slot, free_bits] and the
+  // variables from 4 on; the `changed` result (3) sits between post and the column view.
   Projection p;
   if (auto e = ReadProjection(rets, 2, 4, n_vars, n_post, column, &p); e.failure()) return e;
-  const size_t first_value = 4 + (column ? 2 : 0) + n_vars;
+  const size_t first_value = 4 + (column ? 3 : 0) + n_vars;
   std::vector<const char*> values;
   for (size_t v = 0; v < n_vars; ++v) {
     auto value = args.get<ffi::AnyBuffer>(first_value + v);

@@ -66,11 +66,13 @@ def _like(x: jax.Array) -> jax.ShapeDtypeStruct:
 
 
 def _split_column(results: list, column: Column | None) -> tuple[Column | None, list]:
-    """The column view's two results, if the call had one, and the results after them."""
-    return (None, results) if column is None else ((results[0], results[1]), results[2:])
+    """The column view's three results, if the call had one, and the results after them."""
+    return (None, results) if column is None else (tuple(results[:3]), results[3:])
 
 
-Column = tuple[jax.Array, jax.Array]  # (position [..., pre, cap], pre_slot [..., post, col_cap])
+# (position [..., pre, cap], pre_slot [..., post, col_cap], free_bits uint32[..., post,
+# ceil(col_cap / 32)]): jaxplastic's ColumnView.
+Column = tuple[jax.Array, jax.Array, jax.Array]
 
 
 def remove(
@@ -84,7 +86,7 @@ def remove(
     synapses)`` (``count``: ``int32[...]``, the number removed).
 
     ``post``, ``mask`` and each synapse variable are ``[..., pre, cap]``; ``column`` is
-    ``(position, pre_slot)`` (:data:`Column`) or None. A freed slot gets
+    ``(position, pre_slot, free_bits)`` (:data:`Column`) or None. A freed slot gets
     target ``n_post``, zero in every variable, and is unlinked from its column.
     """
     _require()

@@ -218,12 +218,62 @@ def test_column_view_capacity_and_corruption_errors():
         jp.RaggedConnectivity(bad.post, bad.synapses, bad.column, bad.n_post)
 
 
+def _free_bits_loop(pre_slot, sentinel):
+    """The packed free entries, bit by bit in plain Python (the reference)."""
+    n_post, col_cap = pre_slot.shape
+    words = np.zeros((n_post, -(-col_cap // 32)), np.uint32)
+    for j in range(n_post):
+        for c in range(col_cap):
+            if pre_slot[j, c] == sentinel:
+                words[j, c // 32] |= np.uint32(1 << (c % 32))
+    return words
+
+
+@pytest.mark.parametrize("column_capacity", [1, 31, 32, 33, 70])
+@pytest.mark.parametrize("impl", ["xla", "auto"])
+def test_column_free_bits_mark_the_free_entries(column_capacity, impl):
+    conn = jp.fixed_probability(jr.key(1), 40, 30, 0.03, capacity=8)
+    counts = np.bincount(np.asarray(conn.post).ravel(), minlength=31)[:30]
+    if counts.max() > column_capacity:  # keep only what fits, as a full column must
+        conn = jp.from_dense(
+            np.where(
+                np.cumsum(np.asarray(conn.to_dense()) != 0, axis=0) <= column_capacity,
+                np.asarray(conn.to_dense()),
+                0,
+            ),
+            capacity=8,
+        )
+    column = build_column_view(conn.post, 30, column_capacity, impl=impl)
+    pre_slot = np.asarray(column.pre_slot)
+    expected = _free_bits_loop(pre_slot, conn.n_pre * conn.capacity)
+    np.testing.assert_array_equal(np.asarray(column.free_bits), expected)
+    assert column.free_bits.dtype == jnp.uint32
+    # Left out, the bits are packed from pre_slot.
+    again = jp.ColumnView(column.pre_slot, column.position)
+    np.testing.assert_array_equal(np.asarray(again.free_bits), expected)
+
+
+def test_column_free_bits_errors():
+    conn = jp.from_dense(np.ones((5, 2), np.float32), column_capacity=40)
+    bits = conn.column.free_bits
+    wrong = eqx.tree_at(lambda c: c.column.free_bits, conn, bits.at[1, 1].set(bits[1, 1] ^ 1))
+    with pytest.raises(ValueError, match=r"column.free_bits\[1, 1\] = 0x000000fe does not mark"):
+        jp.RaggedConnectivity(wrong.post, wrong.synapses, wrong.column, wrong.n_post)
+    short = eqx.tree_at(lambda c: c.column.free_bits, conn, bits[:, :1])
+    with pytest.raises(ValueError, match=r"column.free_bits: expected uint32\(2, 2\)"):
+        jp.RaggedConnectivity(short.post, short.synapses, short.column, short.n_post)
+    signed = eqx.tree_at(lambda c: c.column.free_bits, conn, bits.astype(jnp.int32))
+    with pytest.raises(ValueError, match="got int32"):
+        jp.RaggedConnectivity(signed.post, signed.synapses, signed.column, signed.n_post)
+
+
 def test_column_view_under_jit_matches_eager():
     conn = jp.fixed_probability(jr.key(0), 30, 40, 0.2, capacity=20)
     eager = build_column_view(conn.post, 40, 16)
     jitted = jax.jit(build_column_view, static_argnums=(1, 2))(conn.post, 40, 16)
     np.testing.assert_array_equal(np.asarray(eager.pre_slot), np.asarray(jitted.pre_slot))
     np.testing.assert_array_equal(np.asarray(eager.position), np.asarray(jitted.position))
+    np.testing.assert_array_equal(np.asarray(eager.free_bits), np.asarray(jitted.free_bits))
 
 
 def test_connectivity_is_a_pytree_that_vmaps():

@@ -46,7 +46,7 @@ from jax import lax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from .._connectivity import ColumnView, RaggedConnectivity
-from .._custom_types import Array, Float, Int, PRNGKeyArray
+from .._custom_types import Array, Float, Int, PRNGKeyArray, UInt32
 from .._neurons import ConductanceLIFState
 from .._structural import _add, _remove_slots
 from ..models._topographic import (
@@ -79,12 +79,15 @@ class ShardedAfferent(NamedTuple):
         pre_slot: ``int32[D, n/D, colcap]``: the column view of device ``d``'s targets (flat
             slot indices into its ``[2n, cap]`` rows).
         position: ``int32[D, 2n, cap]``: where each slot sits in its column.
+        free_bits: ``uint32[D, n/D, ceil(colcap / 32)]``: the packed free entries of device
+            ``d``'s columns (see :class:`~jaxplastic.ColumnView`).
     """
 
     post: Int[Array, "devices n2 cap"]
     weight: Float[Array, "devices n2 cap"]
     pre_slot: Int[Array, "devices local colcap"]
     position: Int[Array, "devices n2 cap"]
+    free_bits: UInt32[Array, "devices local colwords"]
 
 
 class ShardedTopographicState(NamedTuple):
@@ -128,6 +131,7 @@ def _split_afferent(afferent: RaggedConnectivity, devices: int, column_capacity:
         weight=np.stack([np.asarray(p.weight) for p in parts]),
         pre_slot=np.stack([np.asarray(p.column.pre_slot) for p in parts]),
         position=np.stack([np.asarray(p.column.position) for p in parts]),
+        free_bits=np.stack([np.asarray(p.column.free_bits) for p in parts]),
     )
 
 
@@ -217,7 +221,7 @@ class ShardedTopographicMap(eqx.Module):
     def _specs(self) -> ShardedTopographicState:
         split, same = PartitionSpec(self.axis), PartitionSpec()
         return ShardedTopographicState(
-            afferent=ShardedAfferent(split, split, split, split),
+            afferent=ShardedAfferent(split, split, split, split, split),
             neurons=ConductanceLIFState(split, split, split),
             pre_trace=same,
             post_trace=split,
@@ -354,7 +358,11 @@ def _local_conn(afferent: ShardedAfferent, local: int) -> RaggedConnectivity:
     return RaggedConnectivity(
         afferent.post[0],
         {"weight": afferent.weight[0]},
-        ColumnView(pre_slot=afferent.pre_slot[0], position=afferent.position[0]),
+        ColumnView(
+            pre_slot=afferent.pre_slot[0],
+            position=afferent.position[0],
+            free_bits=afferent.free_bits[0],
+        ),
         local,
     )
 
@@ -365,6 +373,7 @@ def _sharded_afferent(conn: RaggedConnectivity) -> ShardedAfferent:
         weight=conn.weight[None],
         pre_slot=conn.column.pre_slot[None],
         position=conn.column.position[None],
+        free_bits=conn.column.free_bits[None],
     )
 
 
@@ -589,7 +598,6 @@ def _rewire(
     # Formations, a block of proposals (in attempt order) at a time: the room left in each
     # proposal's whole row and column (one psum), the greedy acceptance in attempt order,
     # then each device adds those it owns (they all fit: the greedy checked the whole row).
-    sentinel = conn.n_pre * cap
     values = {"weight": jnp.full((block,), model.g_max, conn.weight.dtype)}
     zeros = jnp.zeros(len(sources) * bins, jnp.int32)
 
@@ -600,10 +608,8 @@ def _rewire(
         safe = jnp.minimum(a, m - 1)
         r, t, here = rows[safe], targets[safe], mine[safe]
         row_length = jnp.sum(conn.post[r] != local, axis=1, dtype=jnp.int32)
-        col_length = jnp.sum(
-            conn.column.pre_slot[jnp.minimum(here, local - 1)] != sentinel, axis=1,
-            dtype=jnp.int32,
-        )  # fmt: skip
+        col_free = lax.population_count(conn.column.free_bits[jnp.minimum(here, local - 1)])
+        col_length = conn.column.column_capacity - jnp.sum(col_free, axis=1, dtype=jnp.int32)
         row_length, col_length = lax.psum(
             (row_length, jnp.where(here < local, col_length, 0)), axis
         )
