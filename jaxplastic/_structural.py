@@ -247,23 +247,6 @@ def _mark_entries(
     return free_bits.at[columns, entries // _WORD].add(bit, mode="drop")
 
 
-def _repack_words(
-    free_bits: Shaped[Array, "post words"],
-    pre_slot: Int[Array, "post colcap"],
-    columns: Int[Array, " k"],
-    entries: Int[Array, " k"],
-    sentinel: int,
-) -> Shaped[Array, "post words"]:
-    """``free_bits`` with the words holding entries ``(columns, entries)`` packed afresh from
-    ``pre_slot`` (any repeats welcome; an out-of-range column is skipped): O(32 k)."""
-    word = (entries // _WORD).astype(jnp.int32)
-    index = word[:, None] * _WORD + jnp.arange(_WORD, dtype=jnp.int32)[None, :]
-    safe = jnp.minimum(columns, pre_slot.shape[0] - 1)[:, None]
-    # Entries past the column capacity read as live (no bit).
-    entry = pre_slot.at[safe, index].get(mode="fill", fill_value=0)
-    return free_bits.at[columns, word].set(_pack_bits(entry == sentinel)[:, 0], mode="drop")
-
-
 # -- implementation choice --------------------------------------------------------------------
 
 
@@ -424,11 +407,16 @@ def _remove_slots(
         pos = column.position.at[write_rows, slots].get(mode="fill", fill_value=col_cap)
         col_rows = jnp.where(removed, old, n_post)  # out of bounds -> dropped
         pre_slot = column.pre_slot.at[col_rows, pos].set(n_pre * conn.capacity, mode="drop")
-        free = jnp.minimum(pos, 0) + col_cap  # = col_cap, but ordered after the read of `pos`
-        position = column.position.at[write_rows, slots].set(free, mode="drop")
-        # A slot listed twice frees its entry twice: the entries' words are repacked from
-        # the new pre_slot (the same value for every repeat) instead of adding bits.
-        free_bits = _repack_words(column.free_bits, pre_slot, col_rows, pos, n_pre * conn.capacity)
+        # A slot listed twice must set its entry's free bit once (the bits are added): each
+        # entry writes its index into `position` at its slot, and the one that reads its own
+        # index back is the slot's first.
+        index = (jnp.minimum(pos, 0) + jnp.arange(rows.shape[0])).astype(column.position.dtype)
+        claimed = column.position.at[write_rows, slots].set(index, mode="drop")
+        first = claimed.at[write_rows, slots].get(mode="fill", fill_value=-1) == index
+        position = claimed.at[write_rows, slots].set(col_cap, mode="drop")
+        free_bits = _mark_entries(
+            column.free_bits, jnp.where(first, col_rows, n_post), pos, free=True
+        )
         column = ColumnView(pre_slot=pre_slot, position=position, free_bits=free_bits)
     return RaggedConnectivity(post, synapses, column, n_post), removed
 
