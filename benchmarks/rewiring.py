@@ -136,7 +136,7 @@ def step_remove(conn, mask, impl):
 
 
 def step_remove_slots(conn, rows, slots, impl):
-    return jp.remove_slots(conn, rows, slots)
+    return jp.remove_slots(conn, rows, slots, impl=impl)
 
 
 def step_add(conn, rows, targets, values, impl):
@@ -150,7 +150,7 @@ def step_prune_regrow(conn, mask, rows, targets, values, impl):
 
 
 def step_prune_slots_regrow(conn, remove_rows, slots, rows, targets, values, impl):
-    conn, removed = jp.remove_slots(conn, remove_rows, slots)
+    conn, removed = jp.remove_slots(conn, remove_rows, slots, impl=impl)
     conn, added = jp.add_synapses(conn, rows, targets, values, impl=impl)
     return conn, removed.merge(added)
 
@@ -284,8 +284,8 @@ def make_changes(conn, rng, args) -> dict[float, dict[str, Any]]:
     return changes
 
 
-def build_cases(conn, changes, args, donate: bool, impl: str, first: bool) -> list[Case]:
-    """The cases of one implementation (``remove_slots``, which has one, with the first)."""
+def build_cases(conn, changes, args, donate: bool, impl: str) -> list[Case]:
+    """The cases of one implementation."""
     no_col = conn.without_column_view()
     cases: list[Case] = []
     tag = "donated" if donate else "copied"
@@ -315,8 +315,6 @@ def build_cases(conn, changes, args, donate: bool, impl: str, first: bool) -> li
             inputs[ENSEMBLE] = (step_ensemble, jax.tree.map(stack, (mask, rows, targets, values)))
             ops.append(ENSEMBLE)
         for op in ops:
-            if op == "remove_slots" and not first:
-                continue
             fn, extra = inputs[op]
             for column, c in (("column", conn), ("no column", no_col)):
                 if op == ENSEMBLE:
@@ -425,7 +423,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     cases = []
     for donate in (True, False) if args.no_donate else (True,):
         for impl in args.impls:
-            cases += build_cases(conn, changes, args, donate, impl, first=impl == args.impls[0])
+            cases += build_cases(conn, changes, args, donate, impl)
     rule_cases = {}
     if "update_rows" in args.ops:
         for fraction, change in changes.items():
@@ -476,8 +474,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         [*args.ops, *([ENSEMBLE] if args.ensemble else [])],
         args.fractions,
     ):
-        if op == "remove_slots" and impl != args.impls[0]:
-            continue  # one implementation, timed with the first
         col = by_key[(op, fraction, "column", mode, impl)]
         nocol = by_key[(op, fraction, "no column", mode, impl)]
         baseline = by_key.get((op, fraction, "column", mode, "xla"))

@@ -391,6 +391,8 @@ def _remove_slots(
     projection and which entries removed a live synapse.
     """
     n_pre, n_post = conn.n_pre, conn.n_post
+    if conn.post.size == 0:  # no slots (and nothing to gather from)
+        return conn, jnp.zeros(rows.shape, bool)
     old = conn.post.at[rows, slots].get(mode="fill", fill_value=n_post)
     removed = valid & (old != n_post)
     # Every write below is indexed by `write_rows`, which depends on the reads (`old`, and
@@ -442,6 +444,8 @@ def remove_slots(
     rows: Int[ArrayLike, " k"],
     slots: Int[ArrayLike, " k"],
     valid: Bool[ArrayLike, " k"] | None = None,
+    *,
+    impl: NativeImpl = "auto",
 ) -> tuple[RaggedConnectivity, RewireInfo]:
     """Removes the synapses at the listed slots ``(rows[e], slots[e])``.
 
@@ -457,6 +461,8 @@ def remove_slots(
         rows: ``[k]`` presynaptic rows.
         slots: ``[k]`` slot indices in ``[0, cap)``.
         valid: optional ``bool[k]``; entries where it is False are ignored (default: all).
+        impl: ``"auto"`` (default: the native CPU kernel when running on a CPU, where it was
+            built: one pass over the list), ``"native"`` or ``"xla"``. Results are identical.
 
     Returns:
         ``(conn, info)``: the new projection and a :class:`RewireInfo` whose ``changed`` marks
@@ -482,6 +488,32 @@ def remove_slots(
     # Negative indices would wrap around in a gather: out of range entries are ignored instead.
     in_range = (rows >= 0) & (rows < conn.n_pre) & (slots >= 0) & (slots < conn.capacity)
     valid = valid & in_range
+    if _use_native(conn, impl):
+        return _per_platform(
+            impl, _remove_slots_native, _remove_slots_xla, conn, rows, slots, valid
+        )
+    return _remove_slots_xla(conn, rows, slots, valid)
+
+
+def _remove_slots_native(
+    conn: RaggedConnectivity,
+    rows: Int[Array, " k"],
+    slots: Int[Array, " k"],
+    valid: Bool[Array, " k"],
+) -> tuple[RaggedConnectivity, RewireInfo]:
+    _, count, changed, post, column, synapses = _native.remove_slots(
+        conn.post, _column_pair(conn), conn.synapses, rows, slots, valid, conn.n_post
+    )
+    z = _zero_count()
+    return _with(conn, post, column, synapses), RewireInfo(changed, count, z, z, z, z, z)
+
+
+def _remove_slots_xla(
+    conn: RaggedConnectivity,
+    rows: Int[Array, " k"],
+    slots: Int[Array, " k"],
+    valid: Bool[Array, " k"],
+) -> tuple[RaggedConnectivity, RewireInfo]:
     conn, removed = _remove_slots(conn, rows, slots, valid)
     # A repeated slot reads the same live synapse twice and writes the same values twice, so
     # the projection is right; counting the changed mask counts it once.

@@ -1,6 +1,6 @@
 // Native CPU kernels (XLA FFI custom calls) for jaxplastic's structural primitives.
 //
-// remove_synapses and add_synapses as plain loops: O(changed) writes into buffers that XLA
+// remove_synapses, remove_slots and add_synapses as plain loops: O(changed) writes into buffers that XLA
 // aliases to the outputs (in place when the projection is donated or a loop carry), instead
 // of the data-parallel passes over whole arrays that the XLA versions need. Their references
 // are the XLA implementations in jaxplastic/_structural.py; results are identical bit for bit.
@@ -153,6 +153,74 @@ int32_t RemoveOne(const Projection& p, int64_t b, const bool* mask, bool* remove
   for (size_t i = 0; i < n; ++i) {
     if (i + kAhead < n) __builtin_prefetch(pre_slot + unlink[i + kAhead], 1);
     pre_slot[unlink[i]] = sentinel;
+  }
+  return count;
+}
+
+// Frees the listed live slots (rows[e], slots[e]) of batch entry b where valid[e]; a slot
+// listed again is free by then and skipped, as is an entry out of range. removed[e] says
+// whether entry e freed a live slot; changed marks the freed slots. Returns how many.
+template <typename I>
+int32_t RemoveSlotsOne(const Projection& p, int64_t b, int64_t k, const I* rows, const I* slot_of,
+                       const bool* valid, bool* removed, bool* changed) {
+  const int64_t slots = p.n_pre * p.cap;
+  I* post = reinterpret_cast<I*>(p.post) + b * slots;
+  I* position = p.column ? reinterpret_cast<I*>(p.position) + b * slots : nullptr;
+  I* pre_slot = p.column ? reinterpret_cast<I*>(p.pre_slot) + b * p.n_post * p.col_cap : nullptr;
+  uint32_t* free_bits = p.column ? p.free_bits + b * p.n_post * p.col_words : nullptr;
+  rows += b * k;
+  slot_of += b * k;
+  valid += b * k;
+  removed += b * k;
+  changed += b * slots;
+  const I n_post = static_cast<I>(p.n_post);
+  const I sentinel = static_cast<I>(slots);
+  std::memset(changed, 0, slots);
+  // The flat slot of entry e, or -1 if it names none.
+  auto flat = [&](int64_t e) -> int64_t {
+    const I r = rows[e], s = slot_of[e];
+    if (!valid[e] || r < 0 || r >= static_cast<I>(p.n_pre) || s < 0 || s >= static_cast<I>(p.cap)) {
+      return -1;
+    }
+    return static_cast<int64_t>(r) * p.cap + s;
+  };
+  // The slots lie at random: their lines are prefetched kAhead entries ahead, and the column
+  // entry's line half as far ahead, once the slot's target and position have arrived.
+  constexpr int64_t kAhead = 16;
+  int32_t count = 0;
+  for (int64_t e = 0; e < k; ++e) {
+    if (e + kAhead < k) {
+      const int64_t f = flat(e + kAhead);
+      if (f >= 0) {
+        __builtin_prefetch(post + f, 1);
+        if (p.column) __builtin_prefetch(position + f, 1);
+        for (size_t v = 0; v < p.vars.size(); ++v) {
+          __builtin_prefetch(p.vars[v] + (b * slots + f) * p.widths[v], 1);
+        }
+      }
+    }
+    if (p.column && e + kAhead / 2 < k) {
+      const int64_t f = flat(e + kAhead / 2);
+      if (f >= 0 && post[f] >= 0 && post[f] < n_post && position[f] < p.col_cap) {
+        __builtin_prefetch(pre_slot + static_cast<int64_t>(post[f]) * p.col_cap + position[f], 1);
+      }
+    }
+    const int64_t f = flat(e);
+    removed[e] = false;
+    if (f < 0 || post[f] == n_post) continue;
+    removed[e] = true;
+    changed[f] = true;
+    ++count;
+    if (p.column) {
+      const int64_t t = post[f], c = position[f];
+      pre_slot[t * p.col_cap + c] = sentinel;
+      free_bits[t * p.col_words + c / 32] |= uint32_t{1} << (c % 32);
+      position[f] = static_cast<I>(p.col_cap);
+    }
+    post[f] = n_post;
+    for (size_t v = 0; v < p.vars.size(); ++v) {
+      ZeroElement(p.vars[v] + (b * slots + f) * p.widths[v], p.widths[v]);
+    }
   }
   return count;
 }
@@ -433,6 +501,55 @@ ffi::Error RemoveImpl(ffi::ThreadPool pool, ffi::RemainingArgs args, ffi::Remain
   return ffi::Error::Success();
 }
 
+// Args: rows, slots, valid, post, [position, pre_slot, free_bits], vars...
+// Rets: removed, count, changed, post, [position, pre_slot, free_bits], vars... (aliased).
+ffi::Error RemoveSlotsImpl(ffi::ThreadPool pool, ffi::RemainingArgs args, ffi::RemainingRets rets,
+                           int64_t n_post, bool column) {
+  const size_t n_fixed = column ? 7 : 4;
+  if (args.size() < n_fixed || rets.size() != args.size()) {
+    return ffi::Error::InvalidArgument("jaxplastic_remove_slots: wrong number of operands");
+  }
+  auto rows = args.get<ffi::AnyBuffer>(0);
+  auto slot_of = args.get<ffi::AnyBuffer>(1);
+  auto valid = args.get<ffi::AnyBuffer>(2);
+  auto removed = rets.get<ffi::AnyBuffer>(0);
+  auto counts = rets.get<ffi::AnyBuffer>(1);
+  auto changed = rets.get<ffi::AnyBuffer>(2);
+  if (rows.has_error()) return rows.error();
+  if (slot_of.has_error()) return slot_of.error();
+  if (valid.has_error()) return valid.error();
+  if (removed.has_error()) return removed.error();
+  if (counts.has_error()) return counts.error();
+  if (changed.has_error()) return changed.error();
+  Projection p;
+  if (auto e = ReadProjection(rets, 3, 4, args.size() - n_fixed, n_post, column, &p);
+      e.failure()) {
+    return e;
+  }
+  auto dims = rows->dimensions();
+  const int64_t k = dims.size() == 0 ? 1 : dims[dims.size() - 1];
+  const bool wide = rows->element_type() == ffi::DataType::S64;
+  if (!wide && rows->element_type() != ffi::DataType::S32) {
+    return ffi::Error::InvalidArgument("jaxplastic_remove_slots: rows must be int32 or int64");
+  }
+  const bool* va = static_cast<const bool*>(valid->untyped_data());
+  bool* rm = static_cast<bool*>((*removed)->untyped_data());
+  bool* ch = static_cast<bool*>((*changed)->untyped_data());
+  int32_t* count = static_cast<int32_t*>((*counts)->untyped_data());
+  ParallelFor(pool, p.batch, [&](int64_t b) {
+    if (wide) {
+      count[b] = RemoveSlotsOne<int64_t>(p, b, k, static_cast<const int64_t*>(rows->untyped_data()),
+                                         static_cast<const int64_t*>(slot_of->untyped_data()), va,
+                                         rm, ch);
+    } else {
+      count[b] = RemoveSlotsOne<int32_t>(p, b, k, static_cast<const int32_t*>(rows->untyped_data()),
+                                         static_cast<const int32_t*>(slot_of->untyped_data()), va,
+                                         rm, ch);
+    }
+  });
+  return ffi::Error::Success();
+}
+
 // Args: rows, targets, post, changed, [position, pre_slot, free_bits], vars..., values...
 // Rets: status, counts, post, changed, [position, pre_slot, free_bits], vars... (aliased).
 ffi::Error AddImpl(ffi::ThreadPool pool, ffi::RemainingArgs args, ffi::RemainingRets rets,
@@ -523,6 +640,8 @@ auto EditBinding() {
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxplasticRemove, RemoveImpl, EditBinding());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxplasticRemoveSlots, RemoveSlotsImpl, EditBinding());
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxplasticAdd, AddImpl, EditBinding());
 

@@ -1,11 +1,12 @@
-"""Native CPU kernels for removing and adding synapses, and for building the column view
-(XLA FFI custom calls).
+"""Native CPU kernels for removing (by mask or by list) and adding synapses, and for building
+the column view (XLA FFI custom calls).
 
 The editing kernels in ``structural.cc`` walk the changed synapses one by one and write only
 there, into buffers that XLA aliases to the outputs: in place when the projection is donated
 or a loop carry. Their references are the data-parallel XLA versions in ``jaxplastic`` (the
-primitives ``remove_synapses`` and ``add_synapses``, and ``build_column_view``, whose stable
-sort the column kernel replaces by one counting pass); the results are identical bit for bit.
+primitives ``remove_synapses``, ``remove_slots`` and ``add_synapses``, and
+``build_column_view``, whose stable sort the column kernel replaces by one counting pass); the
+results are identical bit for bit.
 
 The shared library is compiled when the package is built (``hatch_build.py``); where no C++
 compiler was available, :func:`available` is False and jaxplastic uses its XLA versions.
@@ -29,6 +30,15 @@ LIBRARY = Path(__file__).with_name("libjaxplastic_structural.so")
 ACCEPTED, DUPLICATE, ROW_FULL, COLUMN_FULL, OUT_OF_RANGE, NONE = range(6)
 
 
+# The library's handler symbols and the custom-call targets they are registered under.
+_TARGETS = {
+    "JaxplasticRemove": "jaxplastic_remove",
+    "JaxplasticRemoveSlots": "jaxplastic_remove_slots",
+    "JaxplasticAdd": "jaxplastic_add",
+    "JaxplasticColumns": "jaxplastic_columns",
+}
+
+
 @functools.cache
 def load_error() -> str | None:
     """Loads the compiled library and registers its targets (once); None if that worked,
@@ -42,12 +52,8 @@ def load_error() -> str | None:
         lib = ctypes.cdll.LoadLibrary(str(LIBRARY))
     except OSError as e:  # built for another machine or C++ runtime
         return f"{LIBRARY.name} does not load here: {e}"
-    for name in ("JaxplasticRemove", "JaxplasticAdd", "JaxplasticColumns"):
-        jax.ffi.register_ffi_target(
-            f"jaxplastic_{name[len('Jaxplastic') :].lower()}",
-            jax.ffi.pycapsule(getattr(lib, name)),
-            platform="cpu",
-        )
+    for symbol, target in _TARGETS.items():
+        jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, symbol)), platform="cpu")
     return None
 
 
@@ -107,6 +113,44 @@ def remove(
     removed, count, post = out[:3]
     column, rest = _split_column(out[3:], column)
     return removed, count, post, column, dict(zip(names, rest, strict=True))
+
+
+def remove_slots(
+    post: jax.Array,
+    column: Column | None,
+    synapses: dict[str, jax.Array],
+    rows: jax.Array,
+    slots: jax.Array,
+    valid: jax.Array,
+    n_post: int,
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array, Column | None, dict[str, jax.Array]]:
+    """Frees the live slots ``(rows[e], slots[e])`` where ``valid[e]``, in list order; an
+    entry out of range, or naming a free slot (also one that an earlier entry freed), is
+    skipped. Returns ``(removed, count, changed, post, column, synapses)``: ``removed``
+    ``bool[..., k]`` (whether entry ``e`` freed a slot), ``count`` ``int32[...]`` and
+    ``changed`` ``bool[..., pre, cap]`` (the freed slots).
+
+    ``rows`` and ``slots`` are ``[..., k]`` of ``post``'s dtype, ``valid`` ``bool[..., k]``.
+    """
+    _require()
+    names = list(synapses)
+    proj = [post, *(column or ()), *(synapses[n] for n in names)]
+    operands = [rows, slots, valid, *proj]
+    results = [
+        jax.ShapeDtypeStruct(rows.shape, jnp.bool_),
+        jax.ShapeDtypeStruct(post.shape[:-2], jnp.int32),
+        jax.ShapeDtypeStruct(post.shape, jnp.bool_),
+        *map(_like, proj),
+    ]
+    out = jax.ffi.ffi_call(
+        "jaxplastic_remove_slots",
+        results,
+        vmap_method="broadcast_all",
+        input_output_aliases={3 + i: 3 + i for i in range(len(proj))},
+    )(*operands, n_post=np.int64(n_post), column=column is not None)
+    removed, count, changed, post = out[:4]
+    column, rest = _split_column(out[4:], column)
+    return removed, count, changed, post, column, dict(zip(names, rest, strict=True))
 
 
 def add(

@@ -6,6 +6,7 @@ and columns, out-of-range entries), alone, inside ``update_rows``, and under ``v
 the same column view when building it from scratch.
 """
 
+import re
 import shutil
 
 import jax
@@ -87,6 +88,49 @@ def test_remove_and_add_equal_the_xla_versions(seed, shape, p_remove, k):
     assert int(info.added) + int(info.refused) <= k
 
 
+_remove_slots = jax.jit(jp.remove_slots, static_argnames="impl")
+
+
+@built
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 2**31), shapes, st.integers(0, _K), st.booleans())
+def test_remove_slots_equals_the_xla_version(seed, shape, k, repeats):
+    """Lists with repeated slots, free slots, invalid and out-of-range entries."""
+    n_pre, n_post, cap, col_cap = shape
+    conn = _state(seed, n_pre, n_post, cap, col_cap, fill=cap)
+    rng = np.random.default_rng(seed + 2)
+    spread = min(n_pre, 4) if repeats else n_pre
+    rows = rng.integers(-1, spread + 1, k).astype(np.int32)
+    slots = rng.integers(-1, cap + 1, k).astype(np.int32)
+    valid = rng.random(k) < 0.9
+    out = {impl: _remove_slots(conn, rows, slots, valid, impl=impl) for impl in ("xla", "native")}
+    assert_trees_equal(out["native"], out["xla"])
+    new, info = out["native"]
+    # The invariants (free bits included) still hold, and the mask removal agrees.
+    jp.RaggedConnectivity(new.post, new.synapses, new.column, new.n_post)
+    assert_trees_equal(_remove(conn, info.changed, impl="native"), out["native"])
+
+
+@built
+def test_remove_slots_vmaps_like_each_network_alone():
+    conns = [_state(s, 12, 9, 5, 6, fill=5) for s in range(3)]
+    batch = jax.tree.map(lambda *x: jnp.stack(x), *conns)
+    rng = np.random.default_rng(4)
+    rows = jnp.asarray(rng.integers(0, 12, (3, 20)), jnp.int32)
+    slots = jnp.asarray(rng.integers(0, 5, (3, 20)), jnp.int32)
+    valid = jnp.ones((3, 20), bool)
+    out = {
+        impl: jax.jit(
+            jax.vmap(lambda c, r, s, v, impl=impl: jp.remove_slots(c, r, s, v, impl=impl))
+        )(batch, rows, slots, valid)
+        for impl in ("xla", "native")
+    }
+    assert_trees_equal(out["native"], out["xla"])
+    for b, conn in enumerate(conns):
+        alone = jp.remove_slots(conn, rows[b], slots[b], valid[b], impl="native")
+        assert_trees_equal(alone, jax.tree.map(lambda x, b=b: x[b], out["native"]))
+
+
 @built
 @pytest.mark.parametrize("with_column", [True, False])
 def test_update_rows_equals_the_xla_version(with_column):
@@ -146,7 +190,8 @@ def test_native_under_donation_equals_the_xla_version():
 def _custom_call_targets(fn, *args, platform):
     lowered = jax.jit(fn).trace(*args).lower(lowering_platforms=(platform,))
     text = lowered.as_text()
-    return {t for t in ("jaxplastic_remove", "jaxplastic_add", "jaxplastic_columns") if t in text}
+    # Whole names: "jaxplastic_remove" also begins "jaxplastic_remove_slots".
+    return set(re.findall(r"@(jaxplastic_\w+)\(", text))
 
 
 @built
@@ -157,10 +202,12 @@ def test_auto_takes_the_native_kernels_on_cpu_only():
 
     def step(conn, impl):
         conn, _ = jp.remove_synapses(conn, mask, impl=impl)
+        conn, _ = jp.remove_slots(conn, rows, targets, impl=impl)
         return jp.add_synapses(conn, rows, targets, impl=impl)
 
     assert _custom_call_targets(lambda c: step(c, "auto"), conn, platform="cpu") == {
         "jaxplastic_remove",
+        "jaxplastic_remove_slots",
         "jaxplastic_add",
     }
     assert _custom_call_targets(lambda c: step(c, "xla"), conn, platform="cpu") == set()
@@ -234,8 +281,9 @@ def test_int64_indices_equal_the_xla_version():
         out = {}
         for impl in ("xla", "native"):
             c, removed = jp.remove_synapses(conn, mask, impl=impl)
+            c, listed = jp.remove_slots(c, rows, targets % 6, impl=impl)
             c, added = jp.add_synapses(c, rows, targets, values, impl=impl)
-            out[impl] = (c, removed.merge(added))
+            out[impl] = (c, removed.merge(listed).merge(added))
         assert_trees_equal(out["native"], out["xla"])
         assert int(out["native"][1].added) > 0 and int(out["native"][1].removed) > 0
         # The column view built from scratch.
@@ -302,6 +350,8 @@ def test_projections_without_rows_or_slots(impl, shape):
     )
     assert (conn.column.pre_slot == 0).all()  # the free-entry sentinel: no slots
     new, info = jp.remove_synapses(conn, jnp.ones(shape, bool), impl=impl)
+    assert int(info.removed) == 0
+    new, info = jp.remove_slots(new, jnp.array([0, 1]), jnp.array([0, 0]), impl=impl)
     assert int(info.removed) == 0
     rows, targets = jnp.array([0, 1, 0, 1]), jnp.array([1, 2, n_post, 2])
     new, info = jp.add_synapses(new, rows, targets, impl=impl)
