@@ -107,90 +107,25 @@ inline void CopyElement(char* to, const char* from, size_t width) {
   }
 }
 
-// Frees the live masked slots of batch entry b; returns how many.
-template <typename I>
-int32_t RemoveOne(const Projection& p, int64_t b, const bool* mask, bool* removed) {
+// Frees the live slots among flat(0) ... flat(n - 1) of batch entry b, in order (flat(i):
+// a flat slot index, or -1 for none; a free slot, also one freed earlier, is skipped), and
+// calls freed(i, slot) for each. Returns how many. The slots lie at random: their lines are
+// prefetched kAhead entries ahead, and each one's column entry half as far ahead, once the
+// slot's target and position have arrived; waiting for each would dominate.
+template <typename I, typename Flat, typename Freed>
+int32_t FreeSlots(const Projection& p, int64_t b, int64_t n, const Flat& flat, const Freed& freed) {
   const int64_t slots = p.n_pre * p.cap;
   I* post = reinterpret_cast<I*>(p.post) + b * slots;
   I* position = p.column ? reinterpret_cast<I*>(p.position) + b * slots : nullptr;
   I* pre_slot = p.column ? reinterpret_cast<I*>(p.pre_slot) + b * p.n_post * p.col_cap : nullptr;
   uint32_t* free_bits = p.column ? p.free_bits + b * p.n_post * p.col_words : nullptr;
-  mask += b * slots;
-  removed += b * slots;
   const I n_post = static_cast<I>(p.n_post);
   const I sentinel = static_cast<I>(slots);
-  std::memset(removed, 0, slots);
-  // Column entries to free, written after the row pass, a few ahead prefetched: they lie at
-  // random in the column view, and waiting for each would dominate.
-  std::vector<int64_t> unlink;
-  int32_t count = 0;
-  auto remove = [&](int64_t e) {
-    if (!mask[e] || post[e] == n_post) return;
-    removed[e] = true;
-    ++count;
-    if (p.column) {
-      const int64_t t = post[e], c = position[e];
-      unlink.push_back(t * p.col_cap + c);
-      free_bits[t * p.col_words + c / 32] |= uint32_t{1} << (c % 32);
-      position[e] = static_cast<I>(p.col_cap);
-    }
-    post[e] = n_post;
-    for (size_t v = 0; v < p.vars.size(); ++v) {
-      ZeroElement(p.vars[v] + (b * slots + e) * p.widths[v], p.widths[v]);
-    }
-  };
-  int64_t s = 0;
-  // Eight mask bytes at a time: most words are all False.
-  for (; s + 8 <= slots; s += 8) {
-    uint64_t word;
-    std::memcpy(&word, mask + s, 8);
-    if (word == 0) continue;
-    for (int64_t e = s; e < s + 8; ++e) remove(e);
-  }
-  for (; s < slots; ++s) remove(s);
-  constexpr size_t kAhead = 16;
-  const size_t n = unlink.size();
-  for (size_t i = 0; i < n; ++i) {
-    if (i + kAhead < n) __builtin_prefetch(pre_slot + unlink[i + kAhead], 1);
-    pre_slot[unlink[i]] = sentinel;
-  }
-  return count;
-}
-
-// Frees the listed live slots (rows[e], slots[e]) of batch entry b where valid[e]; a slot
-// listed again is free by then and skipped, as is an entry out of range. removed[e] says
-// whether entry e freed a live slot; changed marks the freed slots. Returns how many.
-template <typename I>
-int32_t RemoveSlotsOne(const Projection& p, int64_t b, int64_t k, const I* rows, const I* slot_of,
-                       const bool* valid, bool* removed, bool* changed) {
-  const int64_t slots = p.n_pre * p.cap;
-  I* post = reinterpret_cast<I*>(p.post) + b * slots;
-  I* position = p.column ? reinterpret_cast<I*>(p.position) + b * slots : nullptr;
-  I* pre_slot = p.column ? reinterpret_cast<I*>(p.pre_slot) + b * p.n_post * p.col_cap : nullptr;
-  uint32_t* free_bits = p.column ? p.free_bits + b * p.n_post * p.col_words : nullptr;
-  rows += b * k;
-  slot_of += b * k;
-  valid += b * k;
-  removed += b * k;
-  changed += b * slots;
-  const I n_post = static_cast<I>(p.n_post);
-  const I sentinel = static_cast<I>(slots);
-  std::memset(changed, 0, slots);
-  // The flat slot of entry e, or -1 if it names none.
-  auto flat = [&](int64_t e) -> int64_t {
-    const I r = rows[e], s = slot_of[e];
-    if (!valid[e] || r < 0 || r >= static_cast<I>(p.n_pre) || s < 0 || s >= static_cast<I>(p.cap)) {
-      return -1;
-    }
-    return static_cast<int64_t>(r) * p.cap + s;
-  };
-  // The slots lie at random: their lines are prefetched kAhead entries ahead, and the column
-  // entry's line half as far ahead, once the slot's target and position have arrived.
   constexpr int64_t kAhead = 16;
   int32_t count = 0;
-  for (int64_t e = 0; e < k; ++e) {
-    if (e + kAhead < k) {
-      const int64_t f = flat(e + kAhead);
+  for (int64_t i = 0; i < n; ++i) {
+    if (i + kAhead < n) {
+      const int64_t f = flat(i + kAhead);
       if (f >= 0) {
         __builtin_prefetch(post + f, 1);
         if (p.column) __builtin_prefetch(position + f, 1);
@@ -199,17 +134,15 @@ int32_t RemoveSlotsOne(const Projection& p, int64_t b, int64_t k, const I* rows,
         }
       }
     }
-    if (p.column && e + kAhead / 2 < k) {
-      const int64_t f = flat(e + kAhead / 2);
+    if (p.column && i + kAhead / 2 < n) {
+      const int64_t f = flat(i + kAhead / 2);
       if (f >= 0 && post[f] >= 0 && post[f] < n_post && position[f] < p.col_cap) {
         __builtin_prefetch(pre_slot + static_cast<int64_t>(post[f]) * p.col_cap + position[f], 1);
       }
     }
-    const int64_t f = flat(e);
-    removed[e] = false;
+    const int64_t f = flat(i);
     if (f < 0 || post[f] == n_post) continue;
-    removed[e] = true;
-    changed[f] = true;
+    freed(i, f);
     ++count;
     if (p.column) {
       const int64_t t = post[f], c = position[f];
@@ -223,6 +156,61 @@ int32_t RemoveSlotsOne(const Projection& p, int64_t b, int64_t k, const I* rows,
     }
   }
   return count;
+}
+
+// Frees the live masked slots of batch entry b; returns how many. The mask is read first,
+// in order, into a list of the masked slots, which FreeSlots then visits with its lines
+// prefetched.
+template <typename I>
+int32_t RemoveOne(const Projection& p, int64_t b, const bool* mask, bool* removed) {
+  const int64_t slots = p.n_pre * p.cap;
+  mask += b * slots;
+  removed += b * slots;
+  std::memset(removed, 0, slots);
+  std::vector<int64_t> listed;
+  int64_t s = 0;
+  // Eight mask bytes at a time: most words are all False.
+  for (; s + 8 <= slots; s += 8) {
+    uint64_t word;
+    std::memcpy(&word, mask + s, 8);
+    if (word == 0) continue;
+    for (int64_t e = s; e < s + 8; ++e) {
+      if (mask[e]) listed.push_back(e);
+    }
+  }
+  for (; s < slots; ++s) {
+    if (mask[s]) listed.push_back(s);
+  }
+  return FreeSlots<I>(
+      p, b, static_cast<int64_t>(listed.size()), [&](int64_t i) { return listed[i]; },
+      [&](int64_t, int64_t f) { removed[f] = true; });
+}
+
+// Frees the listed live slots (rows[e], slots[e]) of batch entry b where valid[e]; a slot
+// listed again is free by then and skipped, as is an entry out of range. removed[e] says
+// whether entry e freed a live slot; changed marks the freed slots. Returns how many.
+template <typename I>
+int32_t RemoveSlotsOne(const Projection& p, int64_t b, int64_t k, const I* rows, const I* slot_of,
+                       const bool* valid, bool* removed, bool* changed) {
+  const int64_t slots = p.n_pre * p.cap;
+  rows += b * k;
+  slot_of += b * k;
+  valid += b * k;
+  removed += b * k;
+  changed += b * slots;
+  std::memset(changed, 0, slots);
+  std::memset(removed, 0, k);
+  auto flat = [&](int64_t e) -> int64_t {
+    const I r = rows[e], s = slot_of[e];
+    if (!valid[e] || r < 0 || r >= static_cast<I>(p.n_pre) || s < 0 || s >= static_cast<I>(p.cap)) {
+      return -1;
+    }
+    return static_cast<int64_t>(r) * p.cap + s;
+  };
+  return FreeSlots<I>(p, b, k, flat, [&](int64_t e, int64_t f) {
+    removed[e] = true;
+    changed[f] = true;
+  });
 }
 
 // Index of the first entry of x[0, n) equal to value, or -1.
