@@ -212,6 +212,17 @@ def simulate_10(conn, spikes):
 # -- timing ------------------------------------------------------------------------------------
 
 
+def cache_evictor(megabytes: int = 64) -> Callable[[], None]:
+    """A function that writes a ``megabytes`` buffer (more than the last-level cache), so that
+    the next call starts with none of its arrays in the CPU caches."""
+    scratch = np.zeros(megabytes << 20, np.uint8)
+
+    def evict() -> None:
+        np.add(scratch, 1, out=scratch)
+
+    return evict
+
+
 class Case:
     """One compiled function and the arguments it is timed on.
 
@@ -235,8 +246,10 @@ class Case:
         jax.block_until_ready(first)
         return (first, *self.args[1:])
 
-    def run(self) -> float:
+    def run(self, evict: Callable[[], None] | None = None) -> float:
         args = self._fresh_args()
+        if evict is not None:
+            evict()
         t0 = time.perf_counter()
         out = self.compiled(*args)
         jax.block_until_ready(out)
@@ -246,8 +259,8 @@ class Case:
         for _ in range(n):
             self.run()
 
-    def measure(self) -> None:
-        self.times.append(self.run())
+    def measure(self, evict: Callable[[], None] | None = None) -> None:
+        self.times.append(self.run(evict))
 
     @property
     def median_ms(self) -> float:
@@ -394,6 +407,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         help="also record a profiler trace of each step at the first fraction (with and "
         "without the column view) into this folder, and its per-kernel times into the JSON",
     )
+    parser.add_argument(
+        "--cache",
+        choices=("cold", "fresh"),
+        default="cold",
+        help="cold (default): the CPU caches are flushed before each timed call, so every "
+        "case starts from the same state; fresh: as the arguments' copying left them (with "
+        "donation, the projection was just copied, and how much of it the cache holds then "
+        "depends on its size, so the copy favours the smaller projection without a column view)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--out", type=Path, default=Path(__file__).parent / "results" / "rewiring.json"
@@ -453,10 +475,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     for c in cases:
         c.warm_up(args.warmup)
+    # The CPU caches only: on a GPU the arrays live in device memory.
+    evict = cache_evictor() if args.cache == "cold" and device.platform == "cpu" else None
     for r in range(args.repeats):
         shift = r % len(cases)
         for c in cases[shift:] + cases[:shift]:
-            c.measure()
+            c.measure(evict)
         print(f"  repeat {r + 1}/{args.repeats}", flush=True)
 
     # The upkeep is compared with the fastest way to rebuild the view on this device.
@@ -526,6 +550,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         # the medians noisy, and this says how busy the machine was.
         "load_average": [load_start, os.getloadavg()[0]],
         "repeats": args.repeats,
+        "cache": "cold" if evict is not None else "fresh",
         "activity": args.activity,
         "projection": {
             "n_pre": conn.n_pre,
@@ -596,7 +621,7 @@ def markdown_table(result: dict[str, Any]) -> str:
     lines = [
         f"jax {result['jax_version']}, {result['device']} ({result['cpus']} CPUs, load average "
         f"{result['load_average'][0]:.1f} -> {result['load_average'][1]:.1f}), "
-        f"median of {result['repeats']}; "
+        f"median of {result['repeats']}, {result.get('cache', 'fresh')} cache; "
         f"10 simulation steps at {100 * result['activity']:g} % activity: "
         f"{result['simulate10_ms']:.2f} ms; "
         "full column rebuild: "
