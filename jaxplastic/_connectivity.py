@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
+from jax import lax
 
 from native_kernels import structural as _native
 
@@ -103,7 +104,7 @@ class ColumnView(eqx.Module):
         self.position = position
         if free_bits is None:
             sentinel = position.shape[0] * position.shape[1]
-            free_bits = _pack_free(jnp.asarray(pre_slot) == sentinel)
+            free_bits = _pack_bits(jnp.asarray(pre_slot) == sentinel)
         self.free_bits = free_bits
 
     @property
@@ -111,15 +112,44 @@ class ColumnView(eqx.Module):
         return self.pre_slot.shape[1]
 
 
-def _pack_free(free: Bool[Array, "post colcap"]) -> UInt32[Array, "post colwords"]:
-    """Packs a ``[n, col_cap]`` mask into ``uint32[n, ceil(col_cap / 32)]`` words, bit
-    ``c % 32`` of word ``c // 32`` for entry ``c``."""
-    n, width = free.shape
-    n_words = -(-width // 32)
-    padded = jnp.pad(free, ((0, 0), (0, 32 * n_words - width)))
-    bits = padded.reshape(n, n_words, 32).astype(jnp.uint32)
-    shifts = jnp.arange(32, dtype=jnp.uint32)[None, None, :]
-    return jnp.sum(bits << shifts, axis=2, dtype=jnp.uint32)
+_WORD = 32
+_UNROLL = 512  # widest row packed column by column
+
+
+def _pack_bits(mask: Bool[Array, "k n"]) -> UInt32[Array, "k words"]:
+    """Packs each row of ``mask`` into ``uint32`` words, bit ``j % 32`` of word ``j // 32``.
+
+    Rows stay small (a few words instead of ``n`` booleans), and counting or selecting their
+    set bits takes a few elementwise passes, with no scan along the row (a cumsum along a
+    short axis is slow on CPU). Up to ``_UNROLL`` columns, four booleans (bytes of 0 or 1)
+    are read as one ``uint32`` and turned into a 4-bit nibble by one multiplication, and eight
+    nibbles are ORed into a word: elementwise work that XLA fuses, about twice as fast on a
+    CPU as ORing the booleans one by one, and many times faster than a reduction over a
+    short axis.
+    """
+    k, width = mask.shape
+    n_words = -(-width // _WORD)
+    if n_words == 0:
+        return jnp.zeros((k, 0), jnp.uint32)
+    if width > _UNROLL:
+        padded = jnp.pad(mask, ((0, 0), (0, n_words * _WORD - width)))
+        bits = padded.reshape(k, n_words, _WORD).astype(jnp.uint32)
+        shifts = jnp.arange(_WORD, dtype=jnp.uint32)[None, None, :]
+        return jnp.sum(bits << shifts, axis=2, dtype=jnp.uint32)
+    n_nibbles = -(-width // 4)
+    if width % 4:
+        mask = jnp.pad(mask, ((0, 0), (0, 4 * n_nibbles - width)))
+    quads = lax.bitcast_convert_type(mask.astype(jnp.uint8).reshape(k, n_nibbles, 4), jnp.uint32)
+    # Bytes b0..b3 (each 0 or 1) of a little-endian word: b_i * 2^(8i) times
+    # 2^24 + 2^17 + 2^10 + 2^3 puts b_i at bit 24 + i, and nothing else reaches bits 24-31.
+    nibbles = (quads * jnp.uint32(0x01020408)) >> jnp.uint32(24)
+    words = []
+    for w in range(n_words):
+        word = nibbles[:, 8 * w]
+        for j in range(1, min(8, n_nibbles - 8 * w)):
+            word = word | (nibbles[:, 8 * w + j] << jnp.uint32(4 * j))
+        words.append(word)
+    return jnp.stack(words, axis=1)
 
 
 def _free_bits_from_counts(
@@ -127,8 +157,8 @@ def _free_bits_from_counts(
 ) -> UInt32[Array, "post colwords"]:
     """The packed free entries of columns whose live entries are ``[0, counts[j])`` (as a
     rebuild lays them out): bits ``counts[j] .. column_capacity - 1``."""
-    n_words = -(-column_capacity // 32)
-    start = jnp.arange(n_words, dtype=jnp.int32) * 32
+    n_words = -(-column_capacity // _WORD)
+    start = jnp.arange(n_words, dtype=jnp.int32) * _WORD
     ones = jnp.uint32(0xFFFFFFFF)
 
     def below(n):  # the low n bits, n in [0, 32]

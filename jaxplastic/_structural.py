@@ -21,7 +21,14 @@ from jax import lax
 
 from native_kernels import structural as _native
 
-from ._connectivity import ColumnView, RaggedConnectivity, _per_platform, _use_native_kernel
+from ._connectivity import (
+    _WORD,
+    ColumnView,
+    RaggedConnectivity,
+    _pack_bits,
+    _per_platform,
+    _use_native_kernel,
+)
 from ._custom_types import Array, ArrayLike, Bool, Int, NativeImpl, PRNGKeyArray, Shaped
 
 __all__ = [
@@ -147,46 +154,6 @@ def _cumsum(x: Int[Array, " k"]) -> Int[Array, " k"]:
 
 
 # -- packed bit masks -------------------------------------------------------------------------
-
-
-_WORD = 32
-_UNROLL = 512  # widest row packed column by column
-
-
-def _pack_bits(mask: Bool[Array, "k n"]) -> Shaped[Array, "k words"]:
-    """Packs each row of ``mask`` into ``uint32`` words, bit ``j % 32`` of word ``j // 32``.
-
-    Rows stay small (a few words instead of ``n`` booleans), and counting or selecting their
-    set bits takes a few elementwise passes, with no scan along the row (a cumsum along a
-    short axis is slow on CPU). Up to ``_UNROLL`` columns, four booleans (bytes of 0 or 1)
-    are read as one ``uint32`` and turned into a 4-bit nibble by one multiplication, and eight
-    nibbles are ORed into a word: elementwise work that XLA fuses, about twice as fast on a
-    CPU as ORing the booleans one by one, and many times faster than a reduction over a
-    short axis.
-    """
-    k, width = mask.shape
-    n_words = -(-width // _WORD)
-    if n_words == 0:
-        return jnp.zeros((k, 0), jnp.uint32)
-    if width > _UNROLL:
-        padded = jnp.pad(mask, ((0, 0), (0, n_words * _WORD - width)))
-        bits = padded.reshape(k, n_words, _WORD).astype(jnp.uint32)
-        shifts = jnp.arange(_WORD, dtype=jnp.uint32)[None, None, :]
-        return jnp.sum(bits << shifts, axis=2, dtype=jnp.uint32)
-    n_nibbles = -(-width // 4)
-    if width % 4:
-        mask = jnp.pad(mask, ((0, 0), (0, 4 * n_nibbles - width)))
-    quads = lax.bitcast_convert_type(mask.astype(jnp.uint8).reshape(k, n_nibbles, 4), jnp.uint32)
-    # Bytes b0..b3 (each 0 or 1) of a little-endian word: b_i * 2^(8i) times
-    # 2^24 + 2^17 + 2^10 + 2^3 puts b_i at bit 24 + i, and nothing else reaches bits 24-31.
-    nibbles = (quads * jnp.uint32(0x01020408)) >> jnp.uint32(24)
-    words = []
-    for w in range(n_words):
-        word = nibbles[:, 8 * w]
-        for j in range(1, min(8, n_nibbles - 8 * w)):
-            word = word | (nibbles[:, 8 * w + j] << jnp.uint32(4 * j))
-        words.append(word)
-    return jnp.stack(words, axis=1)
 
 
 def _count_bits(words: Shaped[Array, "k words"]) -> Int[Array, " k"]:
