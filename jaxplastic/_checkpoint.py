@@ -7,6 +7,10 @@ written to a temporary file in the same folder, flushed to disk, then renamed ov
 target, so a crash mid-write leaves the previous checkpoint intact. Loading needs a template
 pytree of the same structure (its static fields, such as ``n_post``, come from there) and
 refuses, with a message naming the leaf, anything that does not match or does not verify.
+
+One leaf may be missing: a :class:`~jaxplastic.ColumnView`'s ``free_bits``, which checkpoints
+written before the column view kept its free entries as bits do not hold. It is derived from
+the view's ``pre_slot`` (the free entries hold the sentinel), exactly as the view builds it.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from jaxplastic._connectivity import ColumnView, _pack_bits
 
 __all__ = ["CheckpointError", "latest_checkpoint", "load_checkpoint", "save_checkpoint"]
 
@@ -165,21 +171,29 @@ def load_checkpoint(path: str | os.PathLike, like: Any) -> tuple[Any, dict]:
     with zf:
         header = _read_header(zf, path)
         leaves, treedef = jax.tree_util.tree_flatten_with_path(like)
-        if header["num_leaves"] != len(leaves):
+        stored = {e["path"] for e in header["leaves"]}
+        derived = {name for name in _free_bits_leaves(like) if name not in stored}
+        if header["num_leaves"] != len(leaves) - len(derived):
             raise CheckpointError(
                 f"{path}: the checkpoint has {header['num_leaves']} leaves, the template "
                 f"{len(leaves)}: it was written for a different model or configuration"
             )
         entries = {int(e["name"].split("_")[1]): e for e in header["leaves"]}
         out = []
+        loaded: dict[str, Any] = {}
+        skipped = 0  # derived leaves so far: the checkpoint's leaf numbers lag by as many
         for i, (leaf_path, leaf) in enumerate(leaves):
             name = _leaf_name(leaf_path)
             if not _is_array(leaf):
-                if i in entries:
+                if i - skipped in entries:
                     raise CheckpointError(f"{path}: leaf {name} is an array in the checkpoint")
                 out.append(leaf)
                 continue
-            entry = entries.get(i)
+            if name in derived:
+                out.append(_derive_free_bits(path, name, leaf, loaded))
+                skipped += 1
+                continue
+            entry = entries.get(i - skipped)
             if entry is None or entry["path"] != name:
                 raise CheckpointError(
                     f"{path}: leaf {i} is {entry and entry['path']!r} in the checkpoint but "
@@ -202,7 +216,46 @@ def load_checkpoint(path: str | os.PathLike, like: Any) -> tuple[Any, dict]:
                 out.append(jax.random.wrap_key_data(jnp.asarray(data), impl=key_impl))
             else:
                 out.append(jnp.asarray(data) if isinstance(leaf, jax.Array) else data)
+            if name.rpartition(".")[0] + ".free_bits" in derived:
+                loaded[name] = data  # a column view's pre_slot or position, to derive from
     return jax.tree_util.tree_unflatten(treedef, out), header["metadata"]
+
+
+def _free_bits_leaves(tree: Any) -> list[str]:
+    """The leaf names of the ``free_bits`` of every column view in ``tree``."""
+
+    def is_view(x):
+        return isinstance(x, ColumnView)
+
+    views = jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_view)[0]
+    return [jax.tree_util.keystr(p) + ".free_bits" for p, x in views if is_view(x)]
+
+
+def _derive_free_bits(path: Path, name: str, like, loaded: dict[str, Any]):
+    """A column view's ``free_bits`` from its loaded ``pre_slot`` and ``position`` (which
+    precede it in the view's fields), for checkpoints written before the view held them."""
+    stem = name.removesuffix(".free_bits")
+    pre_slot, position = loaded.get(stem + ".pre_slot"), loaded.get(stem + ".position")
+    if pre_slot is None or position is None:
+        raise CheckpointError(
+            f"{path}: leaf {name} is missing and cannot be derived: the checkpoint holds no "
+            f"{stem}.pre_slot and {stem}.position"
+        )
+    if pre_slot.ndim < 2 or position.ndim != pre_slot.ndim:
+        raise CheckpointError(
+            f"{path}: leaf {name} cannot be derived from {stem}.pre_slot of shape "
+            f"{pre_slot.shape} and {stem}.position of shape {position.shape}"
+        )
+    sentinel = position.shape[-2] * position.shape[-1]
+    free = jnp.asarray(pre_slot == sentinel).reshape(-1, pre_slot.shape[-1])
+    bits = np.asarray(_pack_bits(free)).reshape(*pre_slot.shape[:-1], -1)
+    expected = np.asarray(like)
+    if bits.shape != expected.shape or bits.dtype != expected.dtype:
+        raise CheckpointError(
+            f"{path}: leaf {name} derived from {stem}.pre_slot is {bits.dtype}{bits.shape}, "
+            f"the template expects {expected.dtype}{expected.shape}"
+        )
+    return jnp.asarray(bits) if isinstance(like, jax.Array) else bits
 
 
 def latest_checkpoint(folder: str | os.PathLike, pattern: str = "*.npz") -> Path | None:

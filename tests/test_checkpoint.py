@@ -126,3 +126,69 @@ def test_latest_checkpoint_ignores_temporary_files(tmp_path):
     save_checkpoint(tmp_path / "epoch_0002.npz", {"a": jnp.ones(2)})
     (tmp_path / ".epoch_0003.npz.abc.tmp").write_bytes(b"partial")
     assert latest_checkpoint(tmp_path).name == "epoch_0002.npz"
+
+
+def _written_before_free_bits(src, dst):
+    """``src`` rewritten as the loader's format was written before column views held their
+    free entries as bits: no ``free_bits`` leaves, and the leaf numbers (which count every
+    leaf of the flattened tree) of the leaves after each one lower by one."""
+    with zipfile.ZipFile(src) as zf:
+        header = json.loads(zf.read("header.json"))
+        data = {e["name"]: zf.read(e["name"] + ".npy") for e in header["leaves"]}
+    number = {e["name"]: int(e["name"].split("_")[1]) for e in header["leaves"]}
+    gone = [number[e["name"]] for e in header["leaves"] if e["path"].endswith(".free_bits")]
+    assert gone, "the tree has no column view"
+    kept = []
+    with zipfile.ZipFile(dst, "w") as zf:
+        for e in header["leaves"]:
+            i = number[e["name"]]
+            if i in gone:
+                continue
+            name = f"leaf_{i - sum(g < i for g in gone):05d}"
+            kept.append({**e, "name": name})
+            zf.writestr(name + ".npy", data[e["name"]])
+        header["leaves"], header["num_leaves"] = kept, header["num_leaves"] - len(gone)
+        zf.writestr("header.json", json.dumps(header))
+    return dst
+
+
+def test_checkpoints_without_free_bits_load_with_the_bits_derived(tmp_path):
+    state = _state()
+    # An ensemble too: column views with a leading network axis.
+    state["ensemble"] = jax.tree.map(
+        lambda a, b: jnp.stack([a, b]), _state(seed=2)["conn"], _state(seed=3)["conn"]
+    )
+    # Column views with free entries in the middle of their columns, not only at the end.
+    conn = state["conn"]
+    state["conn"], _ = jp.remove_synapses(conn, jr.bernoulli(jr.key(5), 0.3, conn.post.shape))
+    old = _written_before_free_bits(save_checkpoint(tmp_path / "new", state), tmp_path / "o.npz")
+    template = _state(seed=1)
+    template["ensemble"] = jax.tree.map(lambda x: jnp.stack([x, x]), template["conn"])
+    loaded, _ = load_checkpoint(old, template)
+    assert_trees_equal(loaded, state)
+    # The derived bits are those the view builds from its pre_slot.
+    c = loaded["conn"]
+    assert_trees_equal(c.column, jp.ColumnView(c.column.pre_slot, c.column.position))
+    jp.RaggedConnectivity(c.post, c.synapses, c.column, c.n_post)
+
+
+def test_a_missing_leaf_that_cannot_be_derived_is_refused(tmp_path):
+    state = _state()
+    old = _written_before_free_bits(save_checkpoint(tmp_path / "new", state), tmp_path / "o.npz")
+    # A template without a column view: the old checkpoint's column leaves are extra.
+    bare = _state(seed=1)
+    bare["conn"] = bare["conn"].without_column_view()
+    with pytest.raises(CheckpointError, match="different model or configuration"):
+        load_checkpoint(old, bare)
+    # A checkpoint that lacks another leaf than free_bits is refused as before.
+    with zipfile.ZipFile(old) as zf:
+        header = json.loads(zf.read("header.json"))
+        data = {e["name"]: zf.read(e["name"] + ".npy") for e in header["leaves"]}
+    header["leaves"] = [e for e in header["leaves"] if not e["path"].endswith("pre_slot")]
+    header["num_leaves"] -= 1
+    with zipfile.ZipFile(tmp_path / "worse.npz", "w") as zf:
+        for e in header["leaves"]:
+            zf.writestr(e["name"] + ".npy", data[e["name"]])
+        zf.writestr("header.json", json.dumps(header))
+    with pytest.raises(CheckpointError, match="different model or configuration"):
+        load_checkpoint(tmp_path / "worse.npz", _state(seed=1))
