@@ -19,6 +19,11 @@ Times, in one process and interleaved repeat by repeat:
   user's code rather than in the library);
 - 10 simulation steps of the same projection at 5 % presynaptic activity
   (a ``lax.scan`` of :func:`jaxplastic.propagate`).
+- what one random cache line costs on this machine: an XLA gather of as many random ``int32``
+  as a combined step at 2 % changes, from a 16 MB array, minus the same gather of consecutive
+  ones. The upkeep per change divided by it says how many cache lines each change misses
+  (the floor of a layout: a removal must read its slot's ``position`` and write its column
+  entry, an addition write both).
 
 ``--trace DIR`` also records a profiler trace of each step at the first fraction, with and
 without the column view, and writes its per-kernel times into the JSON (where a GPU step's
@@ -66,6 +71,7 @@ from native_kernels import structural as native
 
 FRACTIONS = (0.001, 0.01, 0.1)
 OPS = ("remove", "remove_slots", "add", "prune+regrow", "prune_slots+regrow", "update_rows")
+SINGLE = ("remove", "remove_slots", "add")  # the others remove and add as many synapses
 ENSEMBLE = "prune+regrow ensemble"  # --ensemble N: prune + regrow of N networks under vmap
 
 
@@ -207,6 +213,11 @@ def simulate_10(conn, spikes):
         return carry, jp.propagate(conn, s)
 
     return jax.lax.scan(body, None, spikes)[1]
+
+
+def gather_sum(table, index):
+    """Sum of ``table[index]``: with random ``index``, one cache miss per element."""
+    return table[index].sum()
 
 
 # -- timing ------------------------------------------------------------------------------------
@@ -469,8 +480,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         )
         for impl in args.impls
     }
-    cases += [simulate, *rebuilds.values()]
-    for c in (simulate, *rebuilds.values()):
+    # The random cache line: 2 % of the synapses' worth of loads (the combined steps at 1 %
+    # change that many), from 16 MB (about the column view's pre_slot and position here).
+    n_lines = max(1, round(0.02 * int(conn.num_synapses)))
+    table = jnp.asarray(rng.integers(0, 1 << 20, 4 << 20, dtype=np.int32))
+    scattered = jnp.asarray(rng.integers(0, table.size, n_lines, dtype=np.int32))
+    lines = {
+        kind: Case(f"gather {n_lines} {kind}", gather_sum, (table, index), False, {})
+        for kind, index in (
+            ("random", scattered),
+            ("consecutive", jnp.arange(n_lines, dtype=jnp.int32)),
+        )
+    }
+    cases += [simulate, *rebuilds.values(), *lines.values()]
+    for c in (simulate, *rebuilds.values(), *lines.values()):
         print(f"  compiled {c.name:40s} {c.compile_s:6.2f} s", flush=True)
 
     for c in cases:
@@ -491,6 +514,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for c in cases
         if c.meta
     }
+    line_ns = 1e6 * paired_median_ms(lines["random"], lines["consecutive"]) / n_lines
     rows = []
     for mode, impl, op, fraction in itertools.product(
         ("donated", "copied") if args.no_donate else ("donated",),
@@ -502,6 +526,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         nocol = by_key[(op, fraction, "no column", mode, impl)]
         baseline = by_key.get((op, fraction, "column", mode, "xla"))
         upkeep = paired_median_ms(col, nocol)
+        # Synapses removed or added: the combined steps remove and add `count` each.
+        n_changes = changes[fraction]["count"] * (1 if op in SINGLE else 2)
         rows.append(
             {
                 "op": op,
@@ -509,6 +535,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 "mode": mode,
                 "fraction": fraction,
                 "changed": changes[fraction]["count"],
+                "synapse_changes": n_changes,
+                "upkeep_ns_per_change": 1e6 * upkeep / n_changes,
+                "upkeep_lines_per_change": 1e6 * upkeep / n_changes / line_ns,
                 "with_column_ms": col.median_ms,
                 "without_column_ms": nocol.median_ms,
                 "upkeep_ms": upkeep,
@@ -575,6 +604,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "rebuild_compile_s": rebuild.compile_s,
         "rebuild_times_ms": [1e3 * t for t in rebuild.times],
         "rebuild_ms_by_impl": {impl: c.median_ms for impl, c in rebuilds.items()},
+        "random_line_ns": line_ns,
+        "random_line_loads": n_lines,
         "rows": rows,
     }
     one = [
@@ -629,22 +660,34 @@ def markdown_table(result: dict[str, Any]) -> str:
             f"{ms:.2f} ms ({impl})"
             for impl, ms in result.get("rebuild_ms_by_impl", {"xla": result["rebuild_ms"]}).items()
         )
-        + f" (the ratios use {result.get('rebuild_impl', 'xla')}).",
+        + f" (the ratios use {result.get('rebuild_impl', 'xla')})"
+        + (
+            f"; a random cache line: {result['random_line_ns']:.1f} ns"
+            if "random_line_ns" in result
+            else ""
+        )
+        + ".",
         "",
         "| step | impl | mode | changed | with column (ms) | without column (ms) | upkeep (ms) "
-        "| rebuild / upkeep | step / 10 sim steps | xla / this | compile (s) |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| rebuild / upkeep | upkeep / change (ns, lines) | step / 10 sim steps | xla / this "
+        "| compile (s) |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in result["rows"]:
         ratio = r["rebuild_over_upkeep"]
         ratio_s = "upkeep ~0" if ratio is None else f"{ratio:.1f}x"
         speedup = r.get("speedup_over_xla")
         speedup_s = "" if speedup is None else f"{speedup:.2f}x"
+        per_change = r.get("upkeep_ns_per_change")
+        per_change_s = (
+            "" if per_change is None else f"{per_change:.0f}, {r['upkeep_lines_per_change']:.1f}"
+        )
         lines.append(
             f"| {r['op']} | {r.get('impl', 'xla')} | {r['mode']} "
             f"| {100 * r['fraction']:g} % ({r['changed']}) "
             f"| {r['with_column_ms']:.2f} | {r['without_column_ms']:.2f} | {r['upkeep_ms']:.2f} "
-            f"| {ratio_s} | {r['step_over_simulate10']:.2f} | {speedup_s} | {r['compile_s']:.2f} |"
+            f"| {ratio_s} | {per_change_s} | {r['step_over_simulate10']:.2f} | {speedup_s} "
+            f"| {r['compile_s']:.2f} |"
         )
     rules = [r for r in result["rows"] if r.get("rule_alone_ms") is not None]
     if rules:
