@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxplastic._connectivity import ColumnView, _pack_bits
+from jaxplastic._connectivity import ColumnView, _free_bits_of
 
 __all__ = ["CheckpointError", "latest_checkpoint", "load_checkpoint", "save_checkpoint"]
 
@@ -246,14 +246,11 @@ def _derive_free_bits(path: Path, name: str, like, loaded: dict[str, Any]):
             f"{path}: leaf {name} cannot be derived from {stem}.pre_slot of shape "
             f"{pre_slot.shape} and {stem}.position of shape {position.shape}"
         )
-    sentinel = position.shape[-2] * position.shape[-1]
-    free = jnp.asarray(pre_slot == sentinel).reshape(-1, pre_slot.shape[-1])
-    bits = np.asarray(_pack_bits(free)).reshape(*pre_slot.shape[:-1], -1)
-    expected = np.asarray(like)
-    if bits.shape != expected.shape or bits.dtype != expected.dtype:
+    bits = np.asarray(_free_bits_of(pre_slot, position))
+    if bits.shape != like.shape or bits.dtype != like.dtype:
         raise CheckpointError(
             f"{path}: leaf {name} derived from {stem}.pre_slot is {bits.dtype}{bits.shape}, "
-            f"the template expects {expected.dtype}{expected.shape}"
+            f"the template expects {like.dtype}{tuple(like.shape)}"
         )
     return jnp.asarray(bits) if isinstance(like, jax.Array) else bits
 

@@ -103,8 +103,7 @@ class ColumnView(eqx.Module):
         self.pre_slot = pre_slot
         self.position = position
         if free_bits is None:
-            sentinel = position.shape[0] * position.shape[1]
-            free_bits = _pack_bits(jnp.asarray(pre_slot) == sentinel)
+            free_bits = _free_bits_of(pre_slot, position)
         self.free_bits = free_bits
 
     @property
@@ -114,6 +113,17 @@ class ColumnView(eqx.Module):
 
 _WORD = 32
 _UNROLL = 512  # widest row packed column by column
+
+
+def _free_bits_of(
+    pre_slot: Int[ArrayLike, "*batch post colcap"], position: Int[ArrayLike, "*batch pre cap"]
+) -> UInt32[Array, "*batch post colwords"]:
+    """A column view's ``free_bits`` from its ``pre_slot``, whose free entries hold the sentinel
+    ``pre * cap``; leading (network) axes are kept."""
+    pre_slot, position = jnp.asarray(pre_slot), jnp.asarray(position)
+    free = pre_slot == position.shape[-2] * position.shape[-1]
+    bits = _pack_bits(free.reshape(math.prod(free.shape[:-1]), free.shape[-1]))
+    return bits.reshape(*free.shape[:-1], bits.shape[-1])
 
 
 def _pack_bits(mask: Bool[Array, "k n"]) -> UInt32[Array, "k words"]:
