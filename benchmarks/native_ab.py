@@ -6,10 +6,10 @@ structural step of ``rewiring.py`` (1 % changed, with and without the column vie
 with both, interleaved call by call, each call from a cold cache. It prints the medians, the
 paired ratio ``A / B`` per step and each build's column upkeep.
 
-Each build's steps are traced anew (``jax.clear_caches()``): ``jit`` caches a trace by the
-function traced, so a second build traced through the same functions would silently reuse
-the first build's target, and an A/B would time one build twice. The check that each
-compiled step calls its own build's target guards that.
+Each build's steps are traced anew (``rewiring.Case`` calls ``jax.clear_caches()``): ``jit``
+caches a trace by the function traced, so a second build traced through the same functions
+would silently reuse the first build's target, and an A/B would time one build twice. The
+check that each compiled step calls its own build's target guards that.
 
 Usage::
 
@@ -23,10 +23,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import functools
-import statistics
 import sys
-import time
 import types
 from pathlib import Path
 
@@ -96,40 +93,25 @@ def main(argv: list[str] | None = None) -> None:
     conn = rw.make_projection(rng, args.n, 100, 80, 160)
     n_changed = max(1, round(args.fraction * int(conn.num_synapses)))
     ops = steps(conn, rng, n_changed)
-    cases = {}
+    cases: dict[tuple, rw.Case] = {}
     for tag, module in builds.items():
         structural._native = module
-        jax.clear_caches()
         for op in args.ops:
             fn, inputs = ops[op]
             for column, c in (("column", conn), ("no column", conn.without_column_view())):
-                step = jax.jit(
-                    functools.partial(lambda c, x, fn: fn(c, x), fn=fn), donate_argnums=0
-                )
-                compiled = step.lower(c, inputs).compile()
-                if f"jaxplastic{tag}_" not in compiled.as_text():
+                # rw.Case clears jit's caches before it traces, so this build is traced anew.
+                case = rw.Case(f"{op} {column} {tag}", fn, (c, inputs), True, {})
+                if f"jaxplastic{tag}_" not in case.compiled.as_text():
                     raise SystemExit(f"{op} ({column}) of build {tag} does not call its build")
-                cases[op, column, tag] = (compiled, c, inputs)
+                cases[op, column, tag] = case
     structural._native = native
 
     evict = rw.cache_evictor()
-    times: dict[tuple, list[float]] = {key: [] for key in cases}
-    keys = list(cases)
+    order = list(cases.values())
     for r in range(args.repeats):
-        shift = r % len(keys)
-        for key in keys[shift:] + keys[:shift]:
-            compiled, c, inputs = cases[key]
-            fresh = jax.tree.map(jnp.copy, c)
-            jax.block_until_ready(fresh)
-            evict()
-            t0 = time.perf_counter()
-            out = compiled(fresh, inputs)
-            jax.block_until_ready(out)
-            times[key].append(time.perf_counter() - t0)
-            del out  # freed outside the timed region
-
-    def median_ms(key):
-        return 1e3 * statistics.median(times[key])
+        shift = r % len(order)
+        for case in order[shift:] + order[:shift]:
+            case.measure(evict)
 
     print(
         f"{args.a} (A) vs {args.b} (B), {n_changed} changed, median of {args.repeats}, cold cache"
@@ -138,20 +120,15 @@ def main(argv: list[str] | None = None) -> None:
     print("|---|---|---:|---:|---:|")
     for op in args.ops:
         for column in ("column", "no column"):
-            a, b = times[op, column, "a"], times[op, column, "b"]
-            ratio = statistics.median(x / y for x, y in zip(a, b, strict=True))
+            a, b = cases[op, column, "a"], cases[op, column, "b"]
             print(
-                f"| {op} | {column} | {median_ms((op, column, 'a')):.3f} "
-                f"| {median_ms((op, column, 'b')):.3f} | {ratio:.3f} |"
+                f"| {op} | {column} | {a.median_ms:.3f} | {b.median_ms:.3f} "
+                f"| {rw.paired_ratio(a, b):.3f} |"
             )
     print()
     for op in args.ops:
         upkeep = {
-            tag: 1e3
-            * statistics.median(
-                x - y
-                for x, y in zip(times[op, "column", tag], times[op, "no column", tag], strict=True)
-            )
+            tag: rw.paired_median_ms(cases[op, "column", tag], cases[op, "no column", tag])
             for tag in builds
         }
         print(f"  {op}: upkeep A {upkeep['a']:.3f} ms, B {upkeep['b']:.3f} ms")
