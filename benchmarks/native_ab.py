@@ -35,10 +35,12 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import rewiring as rw  # noqa: E402
 
+import jaxplastic._connectivity as connectivity  # noqa: E402
 import jaxplastic._structural as structural  # noqa: E402
 from native_kernels import structural as native  # noqa: E402
 
-OPS = ("remove", "remove_slots", "add", "prune+regrow", "update_rows")
+OPS = ("remove", "remove_slots", "add", "prune+regrow", "update_rows", "rebuild")
+REBUILD = "rebuild"  # build_column_view(impl="native") of the projection, the baseline
 
 
 def load_build(library: Path, tag: str) -> types.ModuleType:
@@ -94,9 +96,16 @@ def main(argv: list[str] | None = None) -> None:
     n_changed = max(1, round(args.fraction * int(conn.num_synapses)))
     ops = steps(conn, rng, n_changed)
     cases: dict[tuple, rw.Case] = {}
+    rebuild = rw.make_rebuild(conn.n_post, conn.column_capacity, "native")
     for tag, module in builds.items():
-        structural._native = module
+        structural._native = connectivity._native = module
         for op in args.ops:
+            if op == REBUILD:
+                case = rw.Case(f"{op} {tag}", rebuild, (conn.post,), False, {})
+                if f"jaxplastic{tag}_" not in case.compiled.as_text():
+                    raise SystemExit(f"{op} of build {tag} does not call its build")
+                cases[op, "-", tag] = case
+                continue
             fn, inputs = ops[op]
             for column, c in (("column", conn), ("no column", conn.without_column_view())):
                 # rw.Case clears jit's caches before it traces, so this build is traced anew.
@@ -104,7 +113,7 @@ def main(argv: list[str] | None = None) -> None:
                 if f"jaxplastic{tag}_" not in case.compiled.as_text():
                     raise SystemExit(f"{op} ({column}) of build {tag} does not call its build")
                 cases[op, column, tag] = case
-    structural._native = native
+    structural._native = connectivity._native = native
 
     evict = rw.cache_evictor()
     order = list(cases.values())
@@ -119,14 +128,14 @@ def main(argv: list[str] | None = None) -> None:
     print("| step | column | A (ms) | B (ms) | A / B (paired) |")
     print("|---|---|---:|---:|---:|")
     for op in args.ops:
-        for column in ("column", "no column"):
+        for column in ("-",) if op == REBUILD else ("column", "no column"):
             a, b = cases[op, column, "a"], cases[op, column, "b"]
             print(
                 f"| {op} | {column} | {a.median_ms:.3f} | {b.median_ms:.3f} "
                 f"| {rw.paired_ratio(a, b):.3f} |"
             )
     print()
-    for op in args.ops:
+    for op in (op for op in args.ops if op != REBUILD):
         upkeep = {
             tag: rw.paired_median_ms(cases[op, "column", tag], cases[op, "no column", tag])
             for tag in builds

@@ -107,12 +107,62 @@ inline void CopyElement(char* to, const char* from, size_t width) {
   }
 }
 
+// work(0) ... work(n - 1) on XLA's CPU thread pool and the calling thread. The caller takes
+// items too, and waits only for items that a pool thread has started, so it never waits on a
+// task the pool has not run; a task that starts after the last item finds nothing to do.
+template <typename Work>
+void ParallelFor(ffi::ThreadPool& pool, int64_t n, const Work& work) {
+  const int64_t helpers = std::min<int64_t>(pool.num_threads(), n) - 1;
+  if (helpers <= 0) {
+    for (int64_t i = 0; i < n; ++i) work(i);
+    return;
+  }
+  struct State {
+    std::atomic<int64_t> next{0}, done{0};
+    std::mutex mutex;
+    std::condition_variable finished;
+  };
+  auto state = std::make_shared<State>();
+  auto drain = [state, n, &work] {
+    for (int64_t i = state->next.fetch_add(1); i < n; i = state->next.fetch_add(1)) {
+      work(i);
+      if (state->done.fetch_add(1) + 1 == n) {
+        std::lock_guard<std::mutex> lock(state->mutex);
+        state->finished.notify_all();
+      }
+    }
+  };
+  for (int64_t h = 0; h < helpers; ++h) pool.Schedule([drain] { drain(); });
+  drain();
+  std::unique_lock<std::mutex> lock(state->mutex);
+  state->finished.wait(lock, [&] { return state->done.load() == n; });
+}
+
+// How many parts each batch entry's work is split into, over the pool's threads: one where
+// there are as many entries as threads, or where the work is too small to pay for the
+// hand-over. Parts of an entry take disjoint ranges of its rows (or columns).
+int64_t PartsPerEntry(ffi::ThreadPool& pool, int64_t batch, bool large) {
+  const int64_t threads = pool.num_threads();
+  if (!large || batch >= threads) return 1;
+  return std::min<int64_t>(threads / batch, 16);
+}
+
+// Work large enough to share out: a mask or projection of kLargeScan slots, a list of
+// kLargeList slots or proposals.
+constexpr int64_t kLargeScan = int64_t{1} << 16;
+constexpr int64_t kLargeList = 2048;
+
+// Part h of `parts` of [0, n).
+std::pair<int64_t, int64_t> PartOf(int64_t h, int64_t parts, int64_t n) {
+  return {n * h / parts, n * (h + 1) / parts};
+}
+
 // Frees the live slots among flat(0) ... flat(n - 1) of batch entry b, in order (flat(i):
 // a flat slot index, or -1 for none; a free slot, also one freed earlier, is skipped), and
 // calls freed(i, slot) for each. Returns how many. The slots lie at random: their lines are
 // prefetched kAhead entries ahead, and each one's column entry half as far ahead, once the
 // slot's target and position have arrived; waiting for each would dominate.
-template <typename I, typename Flat, typename Freed>
+template <typename I, bool kShared = false, typename Flat, typename Freed>
 int32_t FreeSlots(const Projection& p, int64_t b, int64_t n, const Flat& flat, const Freed& freed) {
   const int64_t slots = p.n_pre * p.cap;
   I* post = reinterpret_cast<I*>(p.post) + b * slots;
@@ -147,7 +197,12 @@ int32_t FreeSlots(const Projection& p, int64_t b, int64_t n, const Flat& flat, c
     if (p.column) {
       const int64_t t = post[f], c = position[f];
       pre_slot[t * p.col_cap + c] = sentinel;
-      free_bits[t * p.col_words + c / 32] |= uint32_t{1} << (c % 32);
+      if (kShared) {
+        __atomic_fetch_or(free_bits + t * p.col_words + c / 32, uint32_t{1} << (c % 32),
+                          __ATOMIC_RELAXED);
+      } else {
+        free_bits[t * p.col_words + c / 32] |= uint32_t{1} << (c % 32);
+      }
       position[f] = static_cast<I>(p.col_cap);
     }
     post[f] = n_post;
@@ -158,19 +213,19 @@ int32_t FreeSlots(const Projection& p, int64_t b, int64_t n, const Flat& flat, c
   return count;
 }
 
-// Frees the live masked slots of batch entry b; returns how many. The mask is read first,
-// in order, into a list of the masked slots, which FreeSlots then visits with its lines
-// prefetched.
-template <typename I>
-int32_t RemoveOne(const Projection& p, int64_t b, const bool* mask, bool* removed) {
+// Frees the live masked slots among slots [lo, hi) of batch entry b; returns how many. The
+// mask is read first, in order, into a list of the masked slots, which FreeSlots then visits
+// with its lines prefetched. kShared: other parts of the entry free slots at the same time.
+template <typename I, bool kShared = false>
+int32_t RemoveOne(const Projection& p, int64_t b, int64_t lo, int64_t hi, const bool* mask,
+                  bool* removed) {
   const int64_t slots = p.n_pre * p.cap;
   mask += b * slots;
   removed += b * slots;
-  std::memset(removed, 0, slots);
+  std::memset(removed + lo, 0, hi - lo);
   std::vector<int64_t> listed;
-  int64_t s = 0;
-  // Eight mask bytes at a time: most words are all False.
-  for (; s + 8 <= slots; s += 8) {
+  int64_t s = lo;
+  for (; s + 8 <= hi; s += 8) {
     uint64_t word;
     std::memcpy(&word, mask + s, 8);
     if (word == 0) continue;
@@ -178,10 +233,10 @@ int32_t RemoveOne(const Projection& p, int64_t b, const bool* mask, bool* remove
       if (mask[e]) listed.push_back(e);
     }
   }
-  for (; s < slots; ++s) {
+  for (; s < hi; ++s) {
     if (mask[s]) listed.push_back(s);
   }
-  return FreeSlots<I>(
+  return FreeSlots<I, kShared>(
       p, b, static_cast<int64_t>(listed.size()), [&](int64_t i) { return listed[i]; },
       [&](int64_t, int64_t f) { removed[f] = true; });
 }
@@ -252,57 +307,87 @@ inline int64_t LowestSetBit(const uint32_t* words, int64_t n) {
   return -1;
 }
 
-// Greedy in proposal order: a proposal is refused if out of range, if its target is already
-// in the row or repeats an earlier in-range proposal of the row, if its row has no free slot,
-// or (with a column view) if its column has no free entry; otherwise it takes the row's
-// lowest free slot and the column's lowest free entry.
+// One batch entry's additions: its arrays, and the scratch of the greedy pass.
 template <typename I>
-void AddOne(const Projection& p, int64_t b, int64_t k, const I* rows, const I* targets,
-            const std::vector<const char*>& values, bool* changed, int8_t* status,
-            int32_t* counts) {
-  const int64_t slots = p.n_pre * p.cap;
-  I* post = reinterpret_cast<I*>(p.post) + b * slots;
-  I* position = p.column ? reinterpret_cast<I*>(p.position) + b * slots : nullptr;
-  I* pre_slot = p.column ? reinterpret_cast<I*>(p.pre_slot) + b * p.n_post * p.col_cap : nullptr;
-  uint32_t* free_bits = p.column ? p.free_bits + b * p.n_post * p.col_words : nullptr;
-  rows += b * k;
-  targets += b * k;
-  changed += b * slots;
-  status += b * k;
-  counts += b * 5;
-  const I n_post = static_cast<I>(p.n_post);
-  for (int c = 0; c < 5; ++c) counts[c] = 0;
-  // A first pass over the proposals lists the real ones (in range, not the "none" sentinel):
-  // a rule's fixed-width proposals are mostly "none", and the scratch below is then sized
-  // and touched by the real ones only. It prefetches each proposal's row, and the column
-  // entry that the proposal would take now (its column's lowest free entry, from the packed
-  // free bits, which stay in cache): the greedy pass then finds them in the cache.
-  std::memset(status, kNone, k);
-  std::vector<int64_t> real;
-  for (int64_t i = 0; i < k; ++i) {
-    const I t = targets[i], r = rows[i];
-    if (t == n_post) continue;
-    if (r < 0 || r >= static_cast<I>(p.n_pre) || t < 0 || t >= n_post) {
-      status[i] = kOutOfRange;
-      ++counts[4];
-      continue;
-    }
-    real.push_back(i);
-    __builtin_prefetch(post + static_cast<int64_t>(r) * p.cap);
-    if (p.column) {
-      const int64_t c = LowestSetBit(free_bits + static_cast<int64_t>(t) * p.col_words, p.col_words);
-      if (c >= 0) __builtin_prefetch(pre_slot + static_cast<int64_t>(t) * p.col_cap + c, 1);
-    }
-  }
-  const int64_t n_real = static_cast<int64_t>(real.size());
+struct Additions {
+  const Projection& p;
+  int64_t b, k;
+  I* post;
+  I* position;
+  I* pre_slot;
+  uint32_t* free_bits;
+  const I* rows;
+  const I* targets;
+  const std::vector<const char*>& values;
+  bool* changed;
+  int8_t* status;
+  std::vector<int64_t> real;  // the real proposals (in range, not "none"), in order
   // Earlier real proposals of each row, as chains: head[row] -> previous[j] -> ... (indices
   // into `real`; `previous` is written before it is read: left uninitialised).
-  std::vector<int64_t> head(p.n_pre, -1);
-  std::unique_ptr<int64_t[]> previous(new int64_t[n_real]);
+  std::vector<int64_t> head;
+  std::unique_ptr<int64_t[]> previous;
   // Rows that refused a proposal for lack of room: only there can a repeated proposal be
-  // missing from the row (elsewhere the row scan finds it).
-  std::vector<bool> short_of_room(p.n_pre, false);
-  for (int64_t j = 0; j < n_real; ++j) {
+  // missing from the row (elsewhere the row scan finds it). Bytes, not vector<bool>'s bits:
+  // parts of the row pass write different rows at once.
+  std::vector<uint8_t> short_of_room;
+  std::unique_ptr<int64_t[]> slot;  // per real proposal, the slot it took (when accepted)
+  // In parts only, per real proposal: whether its slot was marked changed before, and the
+  // column entry it took (or -1), so that the parts' work can be undone.
+  std::unique_ptr<uint8_t[]> was_changed;
+  std::unique_ptr<int64_t[]> entry;
+  int32_t out_of_range = 0;
+
+  Additions(const Projection& p, int64_t b, int64_t k, const I* rows, const I* targets,
+            const std::vector<const char*>& values, bool* changed, int8_t* status)
+      : p(p),
+        b(b),
+        k(k),
+        post(reinterpret_cast<I*>(p.post) + b * p.n_pre * p.cap),
+        position(p.column ? reinterpret_cast<I*>(p.position) + b * p.n_pre * p.cap : nullptr),
+        pre_slot(p.column ? reinterpret_cast<I*>(p.pre_slot) + b * p.n_post * p.col_cap : nullptr),
+        free_bits(p.column ? p.free_bits + b * p.n_post * p.col_words : nullptr),
+        rows(rows + b * k),
+        targets(targets + b * k),
+        values(values),
+        changed(changed + b * p.n_pre * p.cap),
+        status(status + b * k) {}
+
+  // Lists the real proposals and refuses those out of range. A rule's fixed-width proposals
+  // are mostly "none", and the scratch is then sized and touched by the real ones only.
+  // `prefetch`: each proposal's row, and the column entry that it would take now (its
+  // column's lowest free entry, from the packed free bits, which stay in cache), so that a
+  // greedy pass that follows at once finds them in the cache.
+  void List(bool prefetch) {
+    const I n_post = static_cast<I>(p.n_post);
+    std::memset(status, kNone, k);
+    for (int64_t i = 0; i < k; ++i) {
+      const I t = targets[i], r = rows[i];
+      if (t == n_post) continue;
+      if (r < 0 || r >= static_cast<I>(p.n_pre) || t < 0 || t >= n_post) {
+        status[i] = kOutOfRange;
+        ++out_of_range;
+        continue;
+      }
+      real.push_back(i);
+      if (!prefetch) continue;
+      __builtin_prefetch(post + static_cast<int64_t>(r) * p.cap);
+      if (p.column) {
+        const int64_t c =
+            LowestSetBit(free_bits + static_cast<int64_t>(t) * p.col_words, p.col_words);
+        if (c >= 0) __builtin_prefetch(pre_slot + static_cast<int64_t>(t) * p.col_cap + c, 1);
+      }
+    }
+    head.assign(p.n_pre, -1);
+    previous.reset(new int64_t[real.size()]);
+    short_of_room.assign(p.n_pre, 0);
+    slot.reset(new int64_t[real.size()]);
+    was_changed.reset(new uint8_t[real.size()]);
+    entry.reset(new int64_t[real.size()]);
+  }
+
+  // The row's part of real proposal j: kDuplicate, kRowFull, or kAccepted with the row's
+  // lowest free slot in slot[j]. Writes nothing but the row's chain.
+  Status ChooseSlot(int64_t j) {
     const int64_t i = real[j];
     const I t = targets[i], r = rows[i];
     bool duplicate = false;
@@ -313,47 +398,197 @@ void AddOne(const Projection& p, int64_t b, int64_t k, const I* rows, const I* t
     }
     previous[j] = head[r];
     head[r] = j;
-    I* row = post + static_cast<int64_t>(r) * p.cap;
+    const I* row = post + static_cast<int64_t>(r) * p.cap;
     int hits = 0;  // a branch-free comparison over the whole row vectorizes
     for (int64_t s = 0; s < p.cap; ++s) hits += row[s] == t;
-    duplicate = duplicate || hits != 0;
-    const int64_t free = duplicate ? -1 : FindFirst(row, p.cap, n_post);
-    if (duplicate) {
-      status[i] = kDuplicate;
-      ++counts[1];
-      continue;
-    }
+    if (duplicate || hits != 0) return kDuplicate;
+    const int64_t free = FindFirst(row, p.cap, static_cast<I>(p.n_post));
     if (free < 0) {
-      status[i] = kRowFull;
-      ++counts[2];
-      short_of_room[r] = true;
-      continue;
+      short_of_room[r] = 1;
+      return kRowFull;
     }
-    int64_t entry = -1;
-    if (p.column) {
-      uint32_t* bits = free_bits + static_cast<int64_t>(t) * p.col_words;
-      entry = LowestSetBit(bits, p.col_words);
-      if (entry < 0) {
-        status[i] = kColumnFull;
-        ++counts[3];
-        short_of_room[r] = true;
-        continue;
-      }
-      bits[entry / 32] &= ~(uint32_t{1} << (entry % 32));
-      pre_slot[static_cast<int64_t>(t) * p.col_cap + entry] =
-          static_cast<I>(static_cast<int64_t>(r) * p.cap + free);
-    }
-    const int64_t slot = static_cast<int64_t>(r) * p.cap + free;
-    row[free] = t;
-    if (p.column) position[slot] = static_cast<I>(entry);
-    changed[slot] = true;
-    for (size_t v = 0; v < p.vars.size(); ++v) {
-      CopyElement(p.vars[v] + (b * slots + slot) * p.widths[v],
-                  values[v] + (b * k + i) * p.widths[v], p.widths[v]);
-    }
-    status[i] = kAccepted;
-    ++counts[0];
+    slot[j] = static_cast<int64_t>(r) * p.cap + free;
+    return kAccepted;
   }
+
+  // Writes accepted proposal j's target and initial values into its slot.
+  void FillSlot(int64_t j) {
+    const int64_t i = real[j], s = slot[j];
+    post[s] = targets[i];
+    changed[s] = true;
+    const int64_t slots = p.n_pre * p.cap;
+    for (size_t v = 0; v < p.vars.size(); ++v) {
+      CopyElement(p.vars[v] + (b * slots + s) * p.widths[v], values[v] + (b * k + i) * p.widths[v],
+                  p.widths[v]);
+    }
+  }
+
+  // Gives accepted proposal j its column's lowest free entry; false if the column is full.
+  bool TakeEntry(int64_t j) {
+    const int64_t t = targets[real[j]];
+    uint32_t* bits = free_bits + t * p.col_words;
+    const int64_t entry = LowestSetBit(bits, p.col_words);
+    if (entry < 0) return false;
+    bits[entry / 32] &= ~(uint32_t{1} << (entry % 32));
+    pre_slot[t * p.col_cap + entry] = static_cast<I>(slot[j]);
+    position[slot[j]] = static_cast<I>(entry);
+    this->entry[j] = entry;
+    return true;
+  }
+
+  // Greedy in proposal order: a proposal is refused if out of range, if its target is
+  // already in the row or repeats an earlier in-range proposal of the row, if its row has no
+  // free slot, or (with a column view) if its column has no free entry; otherwise it takes
+  // the row's lowest free slot and the column's lowest free entry.
+  void Greedy(int32_t* counts) {
+    List(/*prefetch=*/true);
+    for (int c = 0; c < 5; ++c) counts[c] = 0;
+    counts[4] = out_of_range;
+    for (int64_t j = 0; j < static_cast<int64_t>(real.size()); ++j) {
+      Status s = ChooseSlot(j);
+      if (s == kAccepted && p.column && !TakeEntry(j)) {
+        s = kColumnFull;
+        short_of_room[rows[real[j]]] = 1;
+      }
+      if (s == kAccepted) FillSlot(j);
+      status[real[j]] = s;
+      ++counts[s];
+    }
+  }
+
+  // --- The same, split into parts over the pool's threads (after List(false)). Unless a
+  // column fills, rows and columns do not interact: each part takes the proposals of its
+  // range of rows, in order, and then each part gives the accepted proposals of its range of
+  // columns their entries, in order; the result is Greedy's. Where a column did fill
+  // (ColumnPart returns false), Undo restores the entry as it was, for Greedy.
+
+  // The row pass of rows [lo, hi): counts[1 ... 2] by cause, counts[0] accepted.
+  void RowPart(int64_t lo, int64_t hi, int32_t* counts) {
+    std::vector<int64_t> mine;
+    for (int64_t j = 0; j < static_cast<int64_t>(real.size()); ++j) {
+      const int64_t r = rows[real[j]];
+      if (r >= lo && r < hi) mine.push_back(j);
+    }
+    constexpr int64_t kAhead = 16;
+    const int64_t row_bytes = p.cap * static_cast<int64_t>(sizeof(I));
+    const int64_t n = static_cast<int64_t>(mine.size());
+    for (int64_t m = 0; m < n; ++m) {
+      if (m + kAhead < n) {
+        const char* row = reinterpret_cast<const char*>(
+            post + static_cast<int64_t>(rows[real[mine[m + kAhead]]]) * p.cap);
+        for (int64_t byte = 0; byte < row_bytes; byte += 64) __builtin_prefetch(row + byte);
+      }
+      const int64_t j = mine[m];
+      const Status s = ChooseSlot(j);
+      entry[j] = -1;
+      if (s == kAccepted) {
+        was_changed[j] = changed[slot[j]];
+        FillSlot(j);
+      }
+      status[real[j]] = s;
+      ++counts[s];
+    }
+  }
+
+  // The column pass of columns [lo, hi), after every row pass; false if a column filled.
+  bool ColumnPart(int64_t lo, int64_t hi) {
+    std::vector<int64_t> mine;
+    for (int64_t j = 0; j < static_cast<int64_t>(real.size()); ++j) {
+      const int64_t i = real[j], t = targets[i];
+      if (t >= lo && t < hi && status[i] == kAccepted) mine.push_back(j);
+    }
+    // The entries' lines lie at random: each one's free-bit word and slot position are
+    // prefetched kAhead proposals ahead, and its column entry half as far ahead, once the
+    // word has arrived.
+    constexpr int64_t kAhead = 16;
+    const int64_t n = static_cast<int64_t>(mine.size());
+    for (int64_t m = 0; m < n; ++m) {
+      if (m + kAhead < n) {
+        const int64_t j = mine[m + kAhead];
+        __builtin_prefetch(free_bits + targets[real[j]] * p.col_words, 1);
+        __builtin_prefetch(position + slot[j], 1);
+      }
+      if (m + kAhead / 2 < n) {
+        const int64_t t = targets[real[mine[m + kAhead / 2]]];
+        const int64_t c = LowestSetBit(free_bits + t * p.col_words, p.col_words);
+        if (c >= 0) __builtin_prefetch(pre_slot + t * p.col_cap + c, 1);
+      }
+      if (!TakeEntry(mine[m])) return false;
+    }
+    return true;
+  }
+
+  // Undoes RowPart and ColumnPart: the accepted proposals' slots and column entries are
+  // free again (target, position, pre_slot and free bit as for any free entry, variables
+  // zero), and `changed` is as it was.
+  void Undo() {
+    const int64_t slots = p.n_pre * p.cap;
+    for (int64_t j = 0; j < static_cast<int64_t>(real.size()); ++j) {
+      if (status[real[j]] != kAccepted) continue;
+      const int64_t s = slot[j];
+      if (p.column) {
+        if (entry[j] >= 0) {
+          const int64_t t = targets[real[j]], c = entry[j];
+          free_bits[t * p.col_words + c / 32] |= uint32_t{1} << (c % 32);
+          pre_slot[t * p.col_cap + c] = static_cast<I>(slots);
+        }
+        position[s] = static_cast<I>(p.col_cap);
+      }
+      post[s] = static_cast<I>(p.n_post);
+      changed[s] = was_changed[j];
+      for (size_t v = 0; v < p.vars.size(); ++v) {
+        ZeroElement(p.vars[v] + (b * slots + s) * p.widths[v], p.widths[v]);
+      }
+    }
+  }
+};
+
+// The additions of every batch entry: Additions::Greedy per entry, or, where the pool has
+// more threads than entries and the entries many proposals, in parts over rows and then
+// columns (Greedy's result; an entry where a column filled is undone and runs Greedy).
+template <typename I>
+void AddAll(ffi::ThreadPool& pool, const Projection& p, int64_t k, const I* rows,
+            const I* targets, const std::vector<const char*>& values, bool* changed,
+            int8_t* status, int32_t* counts) {
+  const int64_t parts = PartsPerEntry(pool, p.batch, k >= kLargeList);
+  auto entry = [&](int64_t b) {
+    return std::make_unique<Additions<I>>(p, b, k, rows, targets, values, changed, status);
+  };
+  if (parts == 1) {
+    ParallelFor(pool, p.batch, [&](int64_t b) { entry(b)->Greedy(counts + b * 5); });
+    return;
+  }
+  const int64_t n = p.batch * parts;
+  std::vector<std::unique_ptr<Additions<I>>> adds(p.batch);
+  ParallelFor(pool, p.batch, [&](int64_t b) {
+    adds[b] = entry(b);
+    adds[b]->List(/*prefetch=*/false);
+  });
+  std::vector<int32_t> part_counts(n * 5, 0);
+  ParallelFor(pool, n, [&](int64_t e) {
+    const auto [lo, hi] = PartOf(e % parts, parts, p.n_pre);
+    adds[e / parts]->RowPart(lo, hi, part_counts.data() + e * 5);
+  });
+  std::vector<uint8_t> filled(n, 0);
+  if (p.column) {
+    ParallelFor(pool, n, [&](int64_t e) {
+      const auto [lo, hi] = PartOf(e % parts, parts, p.n_post);
+      filled[e] = !adds[e / parts]->ColumnPart(lo, hi);
+    });
+  }
+  ParallelFor(pool, p.batch, [&](int64_t b) {
+    if (std::any_of(filled.begin() + b * parts, filled.begin() + (b + 1) * parts,
+                    [](uint8_t f) { return f != 0; })) {
+      adds[b]->Undo();
+      entry(b)->Greedy(counts + b * 5);
+      return;
+    }
+    for (int c = 0; c < 4; ++c) {
+      counts[b * 5 + c] = 0;
+      for (int64_t h = 0; h < parts; ++h) counts[b * 5 + c] += part_counts[(b * parts + h) * 5 + c];
+    }
+    counts[b * 5 + 4] = adds[b]->out_of_range;
+  });
 }
 
 // The column view of batch entry b from scratch, by counting: each live slot, in slot order,
@@ -382,37 +617,6 @@ void ColumnsOne(int64_t n_pre, int64_t cap, int64_t n_post, int64_t col_cap, int
     position[s] = static_cast<I>(pos);
     if (pos < col_cap) pre_slot[static_cast<int64_t>(t) * col_cap + pos] = static_cast<I>(s);
   }
-}
-
-// work(0) ... work(n - 1) on XLA's CPU thread pool and the calling thread. The caller takes
-// items too, and waits only for items that a pool thread has started, so it never waits on a
-// task the pool has not run; a task that starts after the last item finds nothing to do.
-template <typename Work>
-void ParallelFor(ffi::ThreadPool& pool, int64_t n, const Work& work) {
-  const int64_t helpers = std::min<int64_t>(pool.num_threads(), n) - 1;
-  if (helpers <= 0) {
-    for (int64_t i = 0; i < n; ++i) work(i);
-    return;
-  }
-  struct State {
-    std::atomic<int64_t> next{0}, done{0};
-    std::mutex mutex;
-    std::condition_variable finished;
-  };
-  auto state = std::make_shared<State>();
-  auto drain = [state, n, &work] {
-    for (int64_t i = state->next.fetch_add(1); i < n; i = state->next.fetch_add(1)) {
-      work(i);
-      if (state->done.fetch_add(1) + 1 == n) {
-        std::lock_guard<std::mutex> lock(state->mutex);
-        state->finished.notify_all();
-      }
-    }
-  };
-  for (int64_t h = 0; h < helpers; ++h) pool.Schedule([drain] { drain(); });
-  drain();
-  std::unique_lock<std::mutex> lock(state->mutex);
-  state->finished.wait(lock, [&] { return state->done.load() == n; });
 }
 
 // Reads the projection from the results: post at `first`; from `rest` on, position,
@@ -483,9 +687,24 @@ ffi::Error RemoveImpl(ffi::ThreadPool pool, ffi::RemainingArgs args, ffi::Remain
   if (!wide && post_in->element_type() != ffi::DataType::S32) {
     return ffi::Error::InvalidArgument("jaxplastic_remove: post must be int32 or int64");
   }
-  ParallelFor(pool, p.batch, [&](int64_t b) {
-    count[b] = wide ? RemoveOne<int64_t>(p, b, m, out) : RemoveOne<int32_t>(p, b, m, out);
+  const int64_t slots = p.n_pre * p.cap;
+  const int64_t parts = PartsPerEntry(pool, p.batch, slots >= kLargeScan);
+  std::vector<int32_t> part_count(p.batch * parts, 0);
+  ParallelFor(pool, p.batch * parts, [&](int64_t e) {
+    const int64_t b = e / parts;
+    const auto [lo, hi] = PartOf(e % parts, parts, slots);
+    if (parts == 1) {
+      part_count[e] = wide ? RemoveOne<int64_t>(p, b, lo, hi, m, out)
+                           : RemoveOne<int32_t>(p, b, lo, hi, m, out);
+    } else {
+      part_count[e] = wide ? RemoveOne<int64_t, true>(p, b, lo, hi, m, out)
+                           : RemoveOne<int32_t, true>(p, b, lo, hi, m, out);
+    }
   });
+  for (int64_t b = 0; b < p.batch; ++b) {
+    count[b] = 0;
+    for (int64_t h = 0; h < parts; ++h) count[b] += part_count[b * parts + h];
+  }
   return ffi::Error::Success();
 }
 
@@ -575,16 +794,69 @@ ffi::Error AddImpl(ffi::ThreadPool pool, ffi::RemainingArgs args, ffi::Remaining
   bool* ch = static_cast<bool*>((*changed)->untyped_data());
   int8_t* st = static_cast<int8_t*>((*status)->untyped_data());
   int32_t* cn = static_cast<int32_t*>((*counts)->untyped_data());
-  ParallelFor(pool, p.batch, [&](int64_t b) {
-    if (wide) {
-      AddOne<int64_t>(p, b, k, static_cast<const int64_t*>(rows->untyped_data()),
-                      static_cast<const int64_t*>(targets->untyped_data()), values, ch, st, cn);
-    } else {
-      AddOne<int32_t>(p, b, k, static_cast<const int32_t*>(rows->untyped_data()),
-                      static_cast<const int32_t*>(targets->untyped_data()), values, ch, st, cn);
+  if (wide) {
+    AddAll<int64_t>(pool, p, k, static_cast<const int64_t*>(rows->untyped_data()),
+                    static_cast<const int64_t*>(targets->untyped_data()), values, ch, st, cn);
+  } else {
+    AddAll<int32_t>(pool, p, k, static_cast<const int32_t*>(rows->untyped_data()),
+                    static_cast<const int32_t*>(targets->untyped_data()), values, ch, st, cn);
+  }
+  return ffi::Error::Success();
+}
+
+// ColumnsOne of every batch entry in `parts` parts over ranges of its slots: each part
+// counts its slots into their columns, then places them after those of the parts before,
+// so that every column still lists its slots in slot order.
+template <typename I>
+void ColumnsInParts(ffi::ThreadPool& pool, int64_t parts, int64_t n_pre, int64_t cap,
+                    int64_t n_post, int64_t col_cap, int64_t batch, const ffi::AnyBuffer& post_buf,
+                    ffi::AnyBuffer& pre_slot_buf, ffi::AnyBuffer& position_buf, int32_t* counts) {
+  const int64_t slots = n_pre * cap;
+  const I* post = static_cast<const I*>(post_buf.untyped_data());
+  I* position = static_cast<I*>(position_buf.untyped_data());
+  I* pre_slot = static_cast<I*>(pre_slot_buf.untyped_data());
+  // cursor[(b * parts + h) * n_post + t]: part h's slots in column t, then its next entry.
+  std::vector<int32_t> cursor(batch * parts * n_post, 0);
+  ParallelFor(pool, batch * parts, [&](int64_t e) {
+    const int64_t b = e / parts;
+    const auto [lo, hi] = PartOf(e % parts, parts, slots);
+    int32_t* c = cursor.data() + e * n_post;
+    for (int64_t s = b * slots + lo; s < b * slots + hi; ++s) {
+      const I t = post[s];
+      if (t >= 0 && t < static_cast<I>(n_post)) ++c[t];
+    }
+    const auto [first, last] = PartOf(e % parts, parts, n_post);
+    std::fill(pre_slot + (b * n_post + first) * col_cap, pre_slot + (b * n_post + last) * col_cap,
+              static_cast<I>(slots));
+  });
+  for (int64_t b = 0; b < batch; ++b) {
+    for (int64_t t = 0; t < n_post; ++t) {
+      int32_t total = 0;
+      for (int64_t h = 0; h < parts; ++h) {
+        int32_t& c = cursor[(b * parts + h) * n_post + t];
+        const int32_t n = c;
+        c = total;
+        total += n;
+      }
+      counts[b * n_post + t] = total;
+    }
+  }
+  ParallelFor(pool, batch * parts, [&](int64_t e) {
+    const int64_t b = e / parts;
+    const auto [lo, hi] = PartOf(e % parts, parts, slots);
+    int32_t* c = cursor.data() + e * n_post;
+    I* column = pre_slot + b * n_post * col_cap;
+    for (int64_t s = lo; s < hi; ++s) {
+      const I t = post[b * slots + s];
+      if (t < 0 || t >= static_cast<I>(n_post)) {
+        position[b * slots + s] = static_cast<I>(col_cap);
+        continue;
+      }
+      const int32_t pos = c[t]++;
+      position[b * slots + s] = static_cast<I>(pos);
+      if (pos < col_cap) column[static_cast<int64_t>(t) * col_cap + pos] = static_cast<I>(s);
     }
   });
-  return ffi::Error::Success();
 }
 
 // Args: post.   Rets: pre_slot, position, counts (int32).
@@ -603,6 +875,13 @@ ffi::Error ColumnsImpl(ffi::ThreadPool pool, ffi::AnyBuffer post, ffi::Result<ff
     return ffi::Error::InvalidArgument("jaxplastic_columns: post must be int32 or int64");
   }
   int32_t* cn = counts->typed_data();
+  const int64_t parts = PartsPerEntry(pool, Batch(post), n_pre * cap >= kLargeScan);
+  if (parts > 1) {
+    (wide ? ColumnsInParts<int64_t> : ColumnsInParts<int32_t>)(
+        pool, parts, n_pre, cap, n_post, column_capacity, Batch(post), post, *pre_slot,
+        *position, cn);
+    return ffi::Error::Success();
+  }
   ParallelFor(pool, Batch(post), [&](int64_t b) {
     (wide ? ColumnsOne<int64_t> : ColumnsOne<int32_t>)(n_pre, cap, n_post, column_capacity, b,
                                                        post, *pre_slot, *position, cn);

@@ -177,6 +177,101 @@ def test_vmap_over_networks_equals_the_xla_version():
         assert_trees_equal(alone, jax.tree.map(lambda x, b=b: x[b], out["native"]))
 
 
+# A network of 700 x 100 slots is over the kernels' thresholds for sharing one network's work
+# out over XLA's CPU threads (on a machine with several): removal by mask and addition in
+# parts over rows, then over columns, and the column build in parts over slots.
+_LARGE = (700, 2000, 100)
+
+
+def _large_proposals(rng, n_pre, n_post, k, hot_columns):
+    """k proposals: a fifth on 5 rows (repeats and full rows), with `hot_columns` a fifth
+    on 3 targets (full columns), a few out of range and a few "none"."""
+    rows = rng.integers(0, n_pre, k)
+    hot = rng.random(k) < 0.2
+    rows[hot] = rng.integers(0, 5, hot.sum())
+    targets = rng.integers(0, n_post, k)
+    if hot_columns:
+        hot = rng.random(k) < 0.2
+        targets[hot] = rng.integers(0, 3, hot.sum())
+    rows[rng.random(k) < 0.01] = -1
+    targets[rng.random(k) < 0.01] = n_post + 1
+    targets[rng.random(k) < 0.02] = n_post  # no proposal
+    values = {
+        "weight": jnp.asarray(rng.normal(size=k), jnp.float32),
+        "tag": jnp.asarray(rng.integers(1, 100, k), jnp.int16),
+    }
+    return jnp.asarray(rows, jnp.int32), jnp.asarray(targets, jnp.int32), values
+
+
+def _prune_and_grow(row, pre, post, key):
+    weak = row.alive & (jnp.abs(row.synapses["weight"]) < 0.2)
+    targets = jr.randint(key, (4,), 0, row.n_post, dtype=row.post.dtype)
+    return jp.RowUpdate(remove=weak, add_post=targets)
+
+
+@built
+@pytest.mark.parametrize("hot_columns", [False, True])
+def test_large_networks_equal_the_xla_versions(hot_columns):
+    """With and without columns that fill: the split work (and, where a column fills, the
+    undone split and the greedy pass that replaces it) gives the XLA versions' results."""
+    n_pre, n_post, cap = _LARGE
+    col_cap = 30 if hot_columns else 80
+    conn = _state(7, n_pre, n_post, cap, col_cap, fill=cap)
+    rng = np.random.default_rng(8)
+    mask = jnp.asarray(rng.random(conn.post.shape) < 0.05)
+    out = {impl: _remove(conn, mask, impl=impl) for impl in ("xla", "native")}
+    assert_trees_equal(out["native"], out["xla"])
+    conn = out["native"][0]
+    rows, targets, values = _large_proposals(rng, n_pre, n_post, 3000, hot_columns)
+    out = {impl: _add(conn, rows, targets, values, impl=impl) for impl in ("xla", "native")}
+    assert_trees_equal(out["native"], out["xla"])
+    info = out["native"][1]
+    assert (int(info.refused_column_full) > 0) == hot_columns
+    assert int(info.refused_row_full) > 0 and int(info.refused_duplicate) > 0
+    assert int(info.added) > 1000
+    conn = out["native"][0]
+    # update_rows: removal, then 2,800 proposals after it (the `changed` it carries must
+    # survive an undone split).
+    step = jax.jit(
+        lambda c, key, impl: jp.update_rows(c, _prune_and_grow, key, impl=impl),
+        static_argnames="impl",
+    )
+    out = {impl: step(conn, jr.key(3), impl) for impl in ("xla", "native")}
+    assert_trees_equal(out["native"], out["xla"])
+    assert int(out["native"][1].removed) > 0 and int(out["native"][1].added) > 0
+    conn = out["native"][0]
+    jp.RaggedConnectivity(conn.post, conn.synapses, conn.column, conn.n_post)  # invariants
+    assert_trees_equal(
+        _columns_native(conn.post, n_post, col_cap), _columns_xla(conn.post, n_post, col_cap)
+    )
+
+
+@built
+def test_large_networks_under_vmap_equal_each_network_alone():
+    n_pre, n_post, cap = _LARGE
+    conns = [_state(s, n_pre, n_post, cap, 40, fill=cap) for s in (1, 2)]
+    batch = jax.tree.map(lambda *x: jnp.stack(x), *conns)
+    rng = np.random.default_rng(9)
+    mask = jnp.asarray(rng.random((2, n_pre, cap)) < 0.05)
+    proposals = [_large_proposals(rng, n_pre, n_post, 3000, b == 1) for b in range(2)]
+    rows, targets, values = jax.tree.map(lambda *x: jnp.stack(x), *proposals)
+
+    def step(conn, mask, rows, targets, values):
+        conn, removed = jp.remove_synapses(conn, mask, impl="native")
+        conn, added = jp.add_synapses(conn, rows, targets, values, impl="native")
+        return conn, removed.merge(added)
+
+    out = jax.jit(jax.vmap(step))(batch, mask, rows, targets, values)
+    for b, conn in enumerate(conns):
+        alone = jax.jit(step)(conn, mask[b], rows[b], targets[b], proposals[b][2])
+        assert_trees_equal(alone, jax.tree.map(lambda x, b=b: x[b], out))
+    posts = batch.post
+    assert_trees_equal(
+        jax.vmap(lambda p: native.columns(p, n_post, 40))(posts),
+        jax.vmap(lambda p: _column_arrays_xla(p, n_post, 40))(posts),
+    )
+
+
 @built
 def test_native_under_donation_equals_the_xla_version():
     conn = _state(5, 50, 60, 8, 12, fill=8)
