@@ -5,6 +5,11 @@
 // of the data-parallel passes over whole arrays that the XLA versions need. Their references
 // are the XLA implementations in jaxplastic/_structural.py; results are identical bit for bit.
 //
+// Threads: the batch entries are shared out over XLA's CPU thread pool. Where there are fewer
+// entries than threads and an entry's work is large, removal by mask, addition and the column
+// build also split each entry into parts (ranges of its slots, rows or columns) that run at
+// once; the results are those of the sequential passes, bit for bit.
+//
 // Layouts (batched over any leading dimensions, one independent projection per batch entry):
 //   post [..., n_pre, cap]           target per slot, n_post = free
 //   position [..., n_pre, cap]       column position per slot, col_cap = free

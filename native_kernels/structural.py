@@ -11,7 +11,9 @@ results are identical bit for bit.
 The shared library is compiled when the package is built (``hatch_build.py``); where no C++
 compiler was available, :func:`available` is False and jaxplastic uses its XLA versions.
 The kernels take any leading batch dimensions (``vmap``: one projection per entry), which
-they share out over XLA's CPU thread pool.
+they share out over XLA's CPU thread pool; with fewer entries than threads, removal by mask,
+addition and the column build also split one projection's work over the threads (ranges of
+its slots, rows or columns), with the same results.
 """
 
 from __future__ import annotations
