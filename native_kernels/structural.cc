@@ -25,6 +25,7 @@
 #include <cstring>
 #include <memory>
 #include <mutex>
+#include <utility>
 #include <vector>
 
 #ifdef __SSE2__
@@ -230,6 +231,7 @@ int32_t RemoveOne(const Projection& p, int64_t b, int64_t lo, int64_t hi, const 
   std::memset(removed + lo, 0, hi - lo);
   std::vector<int64_t> listed;
   int64_t s = lo;
+  // Eight mask bytes at a time: most words are all False.
   for (; s + 8 <= hi; s += 8) {
     uint64_t word;
     std::memcpy(&word, mask + s, 8);
@@ -339,7 +341,7 @@ struct Additions {
   // In parts only, per real proposal: whether its slot was marked changed before, and the
   // column entry it took (or -1), so that the parts' work can be undone.
   std::unique_ptr<uint8_t[]> was_changed;
-  std::unique_ptr<int64_t[]> entry;
+  std::unique_ptr<int64_t[]> taken;
   int32_t out_of_range = 0;
 
   Additions(const Projection& p, int64_t b, int64_t k, const I* rows, const I* targets,
@@ -387,7 +389,7 @@ struct Additions {
     short_of_room.assign(p.n_pre, 0);
     slot.reset(new int64_t[real.size()]);
     was_changed.reset(new uint8_t[real.size()]);
-    entry.reset(new int64_t[real.size()]);
+    taken.reset(new int64_t[real.size()]);
   }
 
   // The row's part of real proposal j: kDuplicate, kRowFull, or kAccepted with the row's
@@ -437,7 +439,7 @@ struct Additions {
     bits[entry / 32] &= ~(uint32_t{1} << (entry % 32));
     pre_slot[t * p.col_cap + entry] = static_cast<I>(slot[j]);
     position[slot[j]] = static_cast<I>(entry);
-    this->entry[j] = entry;
+    taken[j] = entry;
     return true;
   }
 
@@ -485,7 +487,7 @@ struct Additions {
       }
       const int64_t j = mine[m];
       const Status s = ChooseSlot(j);
-      entry[j] = -1;
+      taken[j] = -1;
       if (s == kAccepted) {
         was_changed[j] = changed[slot[j]];
         FillSlot(j);
@@ -532,8 +534,8 @@ struct Additions {
       if (status[real[j]] != kAccepted) continue;
       const int64_t s = slot[j];
       if (p.column) {
-        if (entry[j] >= 0) {
-          const int64_t t = targets[real[j]], c = entry[j];
+        if (taken[j] >= 0) {
+          const int64_t t = targets[real[j]], c = taken[j];
           free_bits[t * p.col_words + c / 32] |= uint32_t{1} << (c % 32);
           pre_slot[t * p.col_cap + c] = static_cast<I>(slots);
         }
@@ -556,17 +558,17 @@ void AddAll(ffi::ThreadPool& pool, const Projection& p, int64_t k, const I* rows
             const I* targets, const std::vector<const char*>& values, bool* changed,
             int8_t* status, int32_t* counts) {
   const int64_t parts = PartsPerEntry(pool, p.batch, k >= kLargeList);
-  auto entry = [&](int64_t b) {
+  auto additions = [&](int64_t b) {
     return std::make_unique<Additions<I>>(p, b, k, rows, targets, values, changed, status);
   };
   if (parts == 1) {
-    ParallelFor(pool, p.batch, [&](int64_t b) { entry(b)->Greedy(counts + b * 5); });
+    ParallelFor(pool, p.batch, [&](int64_t b) { additions(b)->Greedy(counts + b * 5); });
     return;
   }
   const int64_t n = p.batch * parts;
   std::vector<std::unique_ptr<Additions<I>>> adds(p.batch);
   ParallelFor(pool, p.batch, [&](int64_t b) {
-    adds[b] = entry(b);
+    adds[b] = additions(b);
     adds[b]->List(/*prefetch=*/false);
   });
   std::vector<int32_t> part_counts(n * 5, 0);
@@ -585,7 +587,7 @@ void AddAll(ffi::ThreadPool& pool, const Projection& p, int64_t k, const I* rows
     if (std::any_of(filled.begin() + b * parts, filled.begin() + (b + 1) * parts,
                     [](uint8_t f) { return f != 0; })) {
       adds[b]->Undo();
-      entry(b)->Greedy(counts + b * 5);
+      additions(b)->Greedy(counts + b * 5);
       return;
     }
     for (int c = 0; c < 4; ++c) {
@@ -602,6 +604,10 @@ void AddAll(ffi::ThreadPool& pool, const Projection& p, int64_t k, const I* rows
 // the overflowing slots are then left out of pre_slot and keep their would-be position (the
 // caller reports the overflow). A target outside [0, n_post) is treated as a free slot.
 template <typename I>
+void PlaceSlots(const I* post, I* position, I* pre_slot, int64_t lo, int64_t hi, int64_t n_post,
+                int64_t col_cap, int32_t* cursor);
+
+template <typename I>
 void ColumnsOne(int64_t n_pre, int64_t cap, int64_t n_post, int64_t col_cap, int64_t b,
                 const ffi::AnyBuffer& post_buf, ffi::AnyBuffer& pre_slot_buf,
                 ffi::AnyBuffer& position_buf, int32_t* counts) {
@@ -612,13 +618,22 @@ void ColumnsOne(int64_t n_pre, int64_t cap, int64_t n_post, int64_t col_cap, int
   counts += b * n_post;
   std::fill(pre_slot, pre_slot + n_post * col_cap, static_cast<I>(slots));
   std::fill(counts, counts + n_post, 0);
-  for (int64_t s = 0; s < slots; ++s) {
+  PlaceSlots(post, position, pre_slot, 0, slots, n_post, col_cap, counts);
+}
+
+// Slots [lo, hi) of one batch entry (post, position and pre_slot are its arrays), in order:
+// each live slot takes entry cursor[t]++ of its column t, a free one (or a target outside
+// [0, n_post)) position col_cap; entries past col_cap are left out of pre_slot.
+template <typename I>
+void PlaceSlots(const I* post, I* position, I* pre_slot, int64_t lo, int64_t hi, int64_t n_post,
+                int64_t col_cap, int32_t* cursor) {
+  for (int64_t s = lo; s < hi; ++s) {
     const I t = post[s];
     if (t < 0 || t >= static_cast<I>(n_post)) {
       position[s] = static_cast<I>(col_cap);
       continue;
     }
-    const int32_t pos = counts[t]++;
+    const int32_t pos = cursor[t]++;
     position[s] = static_cast<I>(pos);
     if (pos < col_cap) pre_slot[static_cast<int64_t>(t) * col_cap + pos] = static_cast<I>(s);
   }
@@ -849,18 +864,8 @@ void ColumnsInParts(ffi::ThreadPool& pool, int64_t parts, int64_t n_pre, int64_t
   ParallelFor(pool, batch * parts, [&](int64_t e) {
     const int64_t b = e / parts;
     const auto [lo, hi] = PartOf(e % parts, parts, slots);
-    int32_t* c = cursor.data() + e * n_post;
-    I* column = pre_slot + b * n_post * col_cap;
-    for (int64_t s = lo; s < hi; ++s) {
-      const I t = post[b * slots + s];
-      if (t < 0 || t >= static_cast<I>(n_post)) {
-        position[b * slots + s] = static_cast<I>(col_cap);
-        continue;
-      }
-      const int32_t pos = c[t]++;
-      position[b * slots + s] = static_cast<I>(pos);
-      if (pos < col_cap) column[static_cast<int64_t>(t) * col_cap + pos] = static_cast<I>(s);
-    }
+    PlaceSlots(post + b * slots, position + b * slots, pre_slot + b * n_post * col_cap, lo, hi,
+               n_post, col_cap, cursor.data() + e * n_post);
   });
 }
 
